@@ -9,7 +9,7 @@ import torch
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch (all devices); optionally ask torch for deterministic kernels."""
+    """Seed python, numpy and torch (all devices); optionally ask for deterministic kernels."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

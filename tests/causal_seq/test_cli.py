@@ -43,7 +43,10 @@ def test_smoke_train_then_eval(tmp_path):
 
 def test_bad_config_fails_before_training(tmp_path):
     result = _cli(
-        "causal_seq.train", "task=bandit", "task.horizon=0", f"hydra.run.dir={tmp_path}",
+        "causal_seq.train",
+        "task=bandit",
+        "task.horizon=0",
+        f"hydra.run.dir={tmp_path}",
         check=False,
     )
     assert result.returncode != 0
@@ -89,8 +92,13 @@ def test_torchrun_two_processes(tmp_path):
     """Data-parallel training with two gloo processes (what torchrun does on several GPUs)."""
     run_dir = tmp_path / "ddp"
     _cli(
-        "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "causal_seq.train", "experiment=smoke", f"hydra.run.dir={run_dir}",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "causal_seq.train",
+        "experiment=smoke",
+        f"hydra.run.dir={run_dir}",
     )
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 6
