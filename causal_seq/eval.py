@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from causal_seq.data import Trajectory, rollout, sample_theta, token_dim
 from causal_seq.model import build_model
@@ -35,7 +36,7 @@ EXPERT, POSTERIOR = "expert (knows θ)", "Thompson sampling (exact posterior)"
 
 def find_runs(root: Path) -> list[Path]:
     """Run directories under `root` (itself included) that hold a config and a checkpoint."""
-    runs = [p.parent.parent for p in root.rglob(".hydra/config.yaml")]
+    runs = [p.parent for p in root.rglob("config.yaml")]
     return sorted(r for r in runs if latest_checkpoint(r) is not None)
 
 
@@ -67,7 +68,7 @@ def summarise(traj: Trajectory, expert: Trajectory, late_steps: int) -> dict:
 @torch.no_grad()
 def evaluate_run(run_dir: Path, episodes: int, seed: int, late_fraction: float) -> dict:
     """Roll out every policy of one run on the same evaluation latents; writes eval.json."""
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
     task = build_task(cfg.task)
     models = {
         mode: build_model(token_dim(task), task.num_actions, model_config(cfg.model))
@@ -78,7 +79,8 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int, late_fraction: float) 
     late_steps = max(1, round(task.horizon * late_fraction))
 
     def play(policy) -> Trajectory:
-        generator = torch.Generator().manual_seed(seed)
+        # same latents and sampling stream for every policy of a run; new ones for every seed
+        generator = torch.Generator().manual_seed(seed + cfg.seed)
         theta = sample_theta(task, episodes, generator)
         return rollout(task, policy, theta, generator)
 
@@ -178,13 +180,13 @@ def make_plots(table: dict[str, dict[str, dict]], out: Path) -> list[Path]:
                 shown = {
                     "model P(θ = true arm)": curves["belief_model"],
                     "exact do-posterior": curves["belief_do"],
-                    "exact conditioning posterior": curves["belief_cond"],
+                    "exact conditioning posterior (where defined)": curves["belief_cond"],
                 }
                 ylabel = "belief in the true θ"
             else:
                 shown = {
                     "TV(model, do-posterior policy)": curves["tv_do"],
-                    "TV(model, conditioning policy)": curves["tv_cond"],
+                    "TV(model, conditioning policy), where defined": curves["tv_cond"],
                 }
                 ylabel = "total variation"
             plot_curves(shown, "", xlabel="step in episode", ylabel=ylabel, title=name, ax=ax)
@@ -196,7 +198,9 @@ def evaluate(root: Path, out: Path, episodes: int, seed: int, late_fraction: flo
     runs = find_runs(root)
     if not runs:
         raise FileNotFoundError(f"no run with a checkpoint under {root}")
-    results = [evaluate_run(r, episodes, seed, late_fraction) for r in runs]
+    results = [
+        evaluate_run(r, episodes, seed, late_fraction) for r in tqdm(runs, desc="evaluating runs")
+    ]
     table = aggregate(results)
     out.mkdir(parents=True, exist_ok=True)
     markdown = results_markdown(table)

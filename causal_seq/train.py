@@ -161,6 +161,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             )
         generator.set_state(extra["generator"][dist.rank])
 
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     logger = RunLogger(
         run_dir,
         config=OmegaConf.to_container(cfg, resolve=True) if start == 0 else None,
