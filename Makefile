@@ -43,6 +43,9 @@ lint: $(STAMP)
 	$(PYTHON) -m ruff format --check .
 
 bench: $(STAMP)
+	$(PYTHON) -m bench.attention
+	$(PYTHON) -m bench.moe
+	$(PYTHON) -m bench.scan
 	$(PYTHON) -m bench.causal_seq
 
 clean:
