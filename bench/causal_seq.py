@@ -43,7 +43,7 @@ def main() -> None:
     print("|---|---|---|")
     models = {}
     for name, layers in (("gru", 1), ("transformer", 2)):
-        cfg = ModelConfig(name=name, hidden=64, layers=layers, heads=4, max_len=64)
+        cfg = ModelConfig(name=name, hidden=64, layers=layers, heads=2, max_len=64)
         model = models[name] = build_model(token_dim(task), task.num_actions, cfg)
         traj = rollout(task, model, theta, generator, posteriors=False)
 

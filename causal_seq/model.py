@@ -7,10 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from common.kernels.attention import KVCache, attention, decode_attention
+
 MODELS = ("gru", "transformer")
+HEAD_DIMS = (32, 64, 128)  # what common.kernels.attention supports
 
 
 @dataclass
@@ -18,7 +20,7 @@ class ModelConfig:
     name: str = "gru"
     hidden: int = 64  # GRU state size / transformer width
     layers: int = 1
-    heads: int = 4  # transformer only
+    heads: int = 2  # transformer only; hidden / heads must be 32, 64 or 128
     max_len: int = 64  # transformer only: longest episode (learned positions)
 
 
@@ -43,26 +45,29 @@ class GRUPolicy(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention through `common.kernels.attention`."""
+
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
-        if width % heads:
-            raise ValueError(f"model.hidden={width} must be divisible by model.heads={heads}")
+        if width % heads or width // heads not in HEAD_DIMS:
+            raise ValueError(
+                f"model.hidden={width} / model.heads={heads} must give a head dim in {HEAD_DIMS}"
+            )
         self.heads = heads
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(
-        self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Causal attention over x (B, T, W); with `cache` = keys and values of earlier
-        positions, x holds one new position that attends to all of them (incremental decoding).
-        Returns the output and the keys/values including x's."""
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Causal attention over x (B, T, W). With `cache`, x holds the newest position(s):
+        their keys/values are appended and they attend to everything cached (decoding)."""
         batch, length, width = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        if cache is not None:
-            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None)
-        return self.proj(out.transpose(1, 2).reshape(batch, length, width)), (k, v)
+        if cache is None:
+            out = attention(q, k, v, causal=True)
+        else:
+            cache.append(k, v)
+            out = decode_attention(q, cache)
+        return self.proj(out.transpose(1, 2).reshape(batch, length, width))
 
 
 class Block(nn.Module):
@@ -76,10 +81,9 @@ class Block(nn.Module):
             nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
         )
 
-    def forward(self, x: torch.Tensor, cache=None):
-        attended, cache = self.attn(self.norm1(x), cache)
-        x = x + attended
-        return x + self.mlp(self.norm2(x)), cache
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cache)
+        return x + self.mlp(self.norm2(x))
 
 
 class TransformerPolicy(nn.Module):
@@ -100,23 +104,32 @@ class TransformerPolicy(nn.Module):
             raise ValueError(f"sequence of {length} tokens > model.max_len={self.max_len}")
         x = self.embed(tokens) + self.position(torch.arange(length, device=tokens.device))
         for block in self.blocks:
-            x, _ = block(x)
+            x = block(x)
         return self.head(self.norm(x))
 
-    def initial_state(self, batch: int) -> list:
-        """Per-block key/value caches; empty before the first step."""
-        return [None] * len(self.blocks)
+    def initial_state(self, batch: int) -> list[KVCache]:
+        """One empty key/value cache per block, sized for a whole episode."""
+        weight = self.head.weight
+        return [
+            KVCache.allocate(
+                batch,
+                block.attn.heads,
+                self.max_len,
+                self.embed.out_features // block.attn.heads,
+                dtype=weight.dtype,
+                device=weight.device,
+            )
+            for block in self.blocks
+        ]
 
-    def step(self, token: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
-        position = 0 if state[0] is None else state[0][0].shape[2]
+    def step(self, token: torch.Tensor, state: list[KVCache]) -> tuple[torch.Tensor, list]:
+        position = state[0].length
         if position >= self.max_len:
             raise ValueError(f"decoding step {position} >= model.max_len={self.max_len}")
         x = self.embed(token[:, None]) + self.position.weight[position]
-        caches = []
         for block, cache in zip(self.blocks, state, strict=True):
-            x, cache = block(x, cache)
-            caches.append(cache)
-        return self.head(self.norm(x))[:, 0], caches
+            x = block(x, cache)
+        return self.head(self.norm(x))[:, 0], state
 
 
 def build_model(token_dim: int, num_actions: int, cfg: ModelConfig) -> nn.Module:
