@@ -14,14 +14,14 @@ Timings are the best of at least `--repeats` runs after a warm-up; nothing asser
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from common.device import peak_memory_bytes, reset_peak_memory, timer
+from bench.timing import best_seconds
+from common.device import peak_memory_bytes, reset_peak_memory
 from common.kernels.attention import attention
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
@@ -30,24 +30,6 @@ Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Ten
 def flops(batch: int, heads: int, seq: int, head_dim: int, causal: bool, backward: bool) -> float:
     forward = 4 * batch * heads * seq**2 * head_dim / (2 if causal else 1)
     return forward * (2.5 if backward else 1.0)
-
-
-def best_seconds(
-    fns: list[Callable[[], object]], device: torch.device, repeats: int
-) -> list[float]:
-    """Fastest run of each function, taking turns so that all see the same machine load: at
-    least `repeats` rounds after a warm-up, more (up to 100) until 0.25 s has been spent."""
-    for fn in fns:
-        fn()  # warm-up (and Triton compilation)
-    best, total, rounds = [math.inf] * len(fns), 0.0, 0
-    while rounds < repeats or (total < 0.25 and rounds < 100):
-        for i, fn in enumerate(fns):
-            with timer(device) as elapsed:
-                fn()
-            best[i] = min(best[i], elapsed["seconds"])
-            total += elapsed["seconds"]
-        rounds += 1
-    return best
 
 
 def measure(

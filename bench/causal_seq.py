@@ -10,23 +10,15 @@ the baseline re-runs the whole prefix at every step.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
+from bench.timing import best_seconds
 from causal_seq.data import make_task, rollout, sample_theta, token_dim
 from causal_seq.model import ModelConfig, build_model
 from causal_seq.train import soft_cross_entropy
 
-
-def best_of(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+CPU = torch.device("cpu")
 
 
 def main() -> None:
@@ -50,8 +42,8 @@ def main() -> None:
         def update(model=model, traj=traj):
             soft_cross_entropy(model(traj.tokens), traj.expert_probs).backward()
 
-        acting = best_of(lambda m=model: rollout(task, m, theta, generator, False), args.repeats)
-        learning = best_of(update, args.repeats)
+        act = lambda m=model: rollout(task, m, theta, generator, False)  # noqa: E731
+        acting, learning = best_seconds([act, update], CPU, args.repeats)
         print(f"| {name} | {args.batch / acting:,.0f} | {args.batch / learning:,.0f} |")
 
     transformer = models["transformer"]
@@ -68,7 +60,7 @@ def main() -> None:
         for t in range(task.horizon):
             transformer(tokens[:, : t + 1])[:, -1]
 
-    with_cache, without = best_of(cached, args.repeats), best_of(recompute, args.repeats)
+    with_cache, without = best_seconds([cached, recompute], CPU, args.repeats)
     print("\n| transformer acting, 30 steps | seconds | ratio |")
     print("|---|---|---|")
     print(f"| re-read prefix every step | {without:.4f} | 1.00 |")

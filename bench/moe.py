@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.device import peak_memory_bytes, reset_peak_memory, resolve_device, timer
+from bench.timing import best_seconds
+from common.device import peak_memory_bytes, reset_peak_memory, resolve_device
 from common.kernels.moe import MoE, grouped_mm, grouped_mm_reference, moe_reference
 
 EXPERTS = (8, 16, 32, 64)
@@ -48,16 +49,6 @@ def loop_reference(layer: MoE, x: torch.Tensor) -> torch.Tensor:
     top, ids = (tokens @ layer.router.weight.T).softmax(-1).topk(layer.config.top_k, dim=-1)
     gates = top / top.sum(-1, keepdim=True)
     return moe_reference(tokens, ids, gates, layer.w1, layer.w3, layer.w2)
-
-
-def best_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up (and Triton compilation)
-    times = []
-    for _ in range(repeats):
-        with timer(device) as t:
-            fn()
-        times.append(t["seconds"])
-    return min(times)
 
 
 def forward_backward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> None:
@@ -114,7 +105,8 @@ def main() -> None:
         dense_rate = 0.0
         for name, model in paths.items():
             reset_peak_memory(device)
-            seconds = best_seconds(lambda m=model: forward_backward(m, x), device, args.repeats)
+            step = lambda m=model: forward_backward(m, x)  # noqa: E731
+            (seconds,) = best_seconds([step], device, args.repeats)
             rate = args.tokens / seconds
             dense_rate = dense_rate or rate
             peak = peak_memory_bytes(device) / 2**20
@@ -138,7 +130,8 @@ def main() -> None:
     loop_rate = 0.0
     for name, gemm in gemms.items():
         with torch.no_grad():
-            rate = flops / best_seconds(gemm, device, args.repeats) / 1e12
+            (seconds,) = best_seconds([gemm], device, args.repeats)
+            rate = flops / seconds / 1e12
         loop_rate = loop_rate or rate
         print(f"| {name} | {rate:.3g} | {rate / loop_rate:.2f} |")
     if device.type == "cpu":

@@ -16,21 +16,12 @@ from collections.abc import Callable
 
 import torch
 
-from common.device import peak_memory_bytes, reset_peak_memory, resolve_device, timer
+from bench.timing import best_seconds
+from common.device import peak_memory_bytes, reset_peak_memory, resolve_device
 from common.kernels.scan import linear_scan, linear_scan_chunked, linear_scan_reference
 
 Scan = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 STEPS = (128, 512, 2048, 8192, 16384)
-
-
-def best_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up (and Triton compilation)
-    times = []
-    for _ in range(repeats):
-        with timer(device) as t:
-            fn()
-        times.append(t["seconds"])
-    return min(times)
 
 
 def time_scan(
@@ -48,7 +39,8 @@ def time_scan(
         h, h_last = scan(leaves[0], leaves[1], reset, leaves[2])
         (h.real.sum() + h_last.imag.sum()).backward()
 
-    return best_seconds(forward, device, repeats), best_seconds(forward_backward, device, repeats)
+    fwd, fwd_bwd = best_seconds([forward, forward_backward], device, repeats)
+    return fwd, fwd_bwd
 
 
 def make_inputs(batch: int, steps: int, channels: int, device: torch.device):

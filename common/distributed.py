@@ -7,10 +7,14 @@ environment variables everything here is a single-process no-op.
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -86,3 +90,36 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawned(rank: int, fn: Callable, world_size: int, port: int, results, args: tuple) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    init_distributed(torch.device("cpu"))
+    try:
+        results[rank] = fn(rank, world_size, *args)
+    finally:
+        cleanup()
+
+
+def spawn_local(fn: Callable[..., Any], world_size: int, *args: Any) -> list[Any]:
+    """Run `fn(rank, world_size, *args)` in `world_size` local processes joined in one gloo
+    group (with torchrun's environment variables set) and return each rank's result.
+
+    For tests and CPU checks of multi-process code; `fn` must be importable (module level).
+    """
+    results = mp.Manager().dict()
+    mp.spawn(_spawned, args=(fn, world_size, _free_port(), results, args), nprocs=world_size)
+    return [results[rank] for rank in range(world_size)]

@@ -1,23 +1,13 @@
 """Expert-parallel MoE on two gloo processes vs the single-process layer with the same weights."""
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from common.distributed import cleanup, init_distributed
+from common.distributed import spawn_local
 from common.kernels.moe import ExpertParallelMoE, MoE, MoEOutput
 
 WORLD, DIM, HIDDEN, EXPERTS, TOP_K = 2, 16, 32, 4, 2
 CASES = [(backend, cf) for backend in ("reference", "triton") for cf in (None, 1.0)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _layer(backend: str, capacity_factor: float | None) -> MoE:
@@ -32,15 +22,7 @@ def _data(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(1, tokens, DIM, generator=g), torch.randn(1, tokens, DIM, generator=g)
 
 
-def _worker(rank: int, world: int, port: int, results) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    init_distributed(torch.device("cpu"))
+def _worker(rank: int, world: int) -> dict:
     out = {}
     for backend, capacity_factor in CASES:
         layer = ExpertParallelMoE(_layer(backend, capacity_factor))
@@ -54,15 +36,12 @@ def _worker(rank: int, world: int, port: int, results) -> None:
         ExpertParallelMoE(MoE(DIM, HIDDEN, 3, 1))
     except ValueError as error:
         out["error"] = str(error)
-    results[rank] = out
-    cleanup()
+    return out
 
 
 @pytest.fixture(scope="module")
 def distributed_results():
-    results = mp.Manager().dict()
-    mp.spawn(_worker, args=(WORLD, _free_port(), results), nprocs=WORLD, join=True)
-    return dict(results)
+    return spawn_local(_worker, WORLD)
 
 
 def _single_process(backend: str, capacity_factor: float | None):

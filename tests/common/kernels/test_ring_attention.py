@@ -1,14 +1,10 @@
 """Ring attention: 2 and 4 gloo processes on the CPU vs single-process attention, values and
 gradients; LSE merging; the single-process fallback."""
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from common.distributed import spawn_local
 from common.kernels.attention import attention, ring_attention
 from common.kernels.attention.reference import attention_forward
 from common.kernels.attention.ring import merge_partials
@@ -20,12 +16,6 @@ CONFIGS = [
     (True, 2, 1, "reference", torch.float64, 1e-10),
 ]
 TRITON_CONFIG = (True, 4, 2, "triton", torch.float32, 1e-5)  # interpreter: world 2 only
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _full_problem(world, heads, kv_heads, seed=0):
@@ -54,10 +44,7 @@ def _worst_errors(rank, world, config):
     return [(got.double() - want[:, :, chunk]).abs().max().item() for got, want in pairs]
 
 
-def _worker(rank, world, port, results):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+def _worker(rank, world):
     configs = CONFIGS + ([TRITON_CONFIG] if world == 2 else [])
     errors = [_worst_errors(rank, world, config) for config in configs]
     uneven = torch.zeros(1, 2, CHUNK + rank, 32)
@@ -66,14 +53,12 @@ def _worker(rank, world, port, results):
         message = ""
     except ValueError as error:
         message = str(error)
-    results[rank] = (errors, message)
-    dist.destroy_process_group()
+    return errors, message
 
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_ring_attention_matches_single_process(world):
-    results = mp.Manager().dict()
-    mp.spawn(_worker, args=(world, _free_port(), results), nprocs=world, join=True)
+    results = spawn_local(_worker, world)
     configs = CONFIGS + ([TRITON_CONFIG] if world == 2 else [])
     for rank in range(world):
         errors, message = results[rank]
