@@ -14,14 +14,29 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
-    """`auto` -> "triton" for CUDA tensors, "reference" elsewhere. "triton" on CPU tensors is
-    allowed only under TRITON_INTERPRET=1; anything else raises with the allowed values."""
+def check_backend(backend: str) -> None:
+    """Raise a ValueError naming the allowed values unless `backend` is one of BACKENDS."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not allowed; use one of {BACKENDS}")
+
+
+def resolve_backend(
+    backend: str, *tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] | None = None
+) -> str:
+    """`auto` -> "triton" for CUDA tensors, "reference" elsewhere. "triton" on CPU tensors is
+    allowed only under TRITON_INTERPRET=1; anything else raises with the allowed values.
+
+    dtypes: the dtypes the Triton kernel takes (None: any). `auto` picks the reference for the
+    others (e.g. float64 attention on CUDA); "triton" raises for them.
+    """
+    check_backend(backend)
     on_cuda = all(t.is_cuda for t in tensors)
+    supported = dtypes is None or all(t.dtype in dtypes for t in tensors)
     if backend == "auto":
-        return "triton" if on_cuda else "reference"
+        return "triton" if on_cuda and supported else "reference"
+    if backend == "triton" and not supported:
+        got = sorted({str(t.dtype) for t in tensors})
+        raise ValueError(f"backend='triton' takes dtypes {dtypes}; got {', '.join(got)}")
     if backend == "triton" and not on_cuda and not triton_interpreted():
         devices = sorted({str(t.device) for t in tensors})
         raise ValueError(

@@ -14,7 +14,7 @@ import torch
 from common.kernels.attention.kv_cache import KVCache, decode_attention
 from common.kernels.attention.reference import check_inputs, reference_attention
 from common.kernels.attention.ring import ring_attention
-from common.kernels.attention.triton import flash_attention
+from common.kernels.attention.triton import TRITON_DTYPES, flash_attention
 from common.kernels.backend import resolve_backend
 
 __all__ = ["KVCache", "attention", "decode_attention", "ring_attention"]
@@ -38,10 +38,11 @@ def attention(
     causal: query i sees keys j <= i. window=w: keys at distance < w (with causal: itself and
     the w - 1 keys before it). cu_seqlens: int32 (num_seqs + 1,) offsets of sequences packed
     along T with B = 1; attention never crosses their boundaries. scale defaults to D^-1/2.
-    backend: "auto" (Triton on CUDA, reference elsewhere), "triton", "reference".
+    backend: "auto" (Triton for float16/bfloat16/float32 CUDA tensors, reference otherwise),
+    "triton", "reference".
     """
     check_inputs(q, k, v, window=window, cu_seqlens=cu_seqlens)
     kwargs = {"causal": causal, "window": window, "scale": scale, "cu_seqlens": cu_seqlens}
-    if resolve_backend(backend, q, k, v) == "triton":
+    if resolve_backend(backend, q, k, v, dtypes=TRITON_DTYPES) == "triton":
         return flash_attention(q, k, v, **kwargs)
     return reference_attention(q, k, v, **kwargs)

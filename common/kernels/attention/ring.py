@@ -13,8 +13,10 @@ Causal: chunk j is skipped by rank r when j > r, and is causally masked when j =
 
 Backward: a second ring, no recomputation of the forward. Each rank keeps its final O and LSE;
 the FlashAttention-2 backward of one block given the *merged* O and LSE yields exactly that
-block's share of dQ, dK, dV. dQ stays on its rank; dK/dV accumulators (float32) travel round
-the ring together with their K/V chunk and arrive back at their owner after W passes.
+block's share of dQ, dK, dV, computed in float32 and returned in float32 (not rounded to the
+input dtype) to be summed in float32 accumulators. dQ stays on its rank; the dK/dV accumulators
+travel round the ring together with their K/V chunk and arrive back at their owner after W
+passes. (float64 inputs use float64 throughout.)
 
 Per-block compute is the Triton kernel for the "triton" backend (CUDA, or the interpreter in
 tests) and the explicit reference math otherwise (CPU / gloo).
@@ -26,7 +28,11 @@ import torch
 import torch.distributed as dist
 
 from common.kernels.attention.reference import attention_backward, attention_forward, check_inputs
-from common.kernels.attention.triton import flash_attention_backward, flash_attention_forward
+from common.kernels.attention.triton import (
+    TRITON_DTYPES,
+    flash_attention_backward,
+    flash_attention_forward,
+)
 from common.kernels.backend import resolve_backend
 
 
@@ -49,8 +55,12 @@ def _block_backward(
     scale: float,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One block's dQ, dK, dV in float32 (float64 for float64 inputs), summed over the ring."""
     if backend == "triton":
-        return flash_attention_backward(do, q, k, v, o, lse, None, None, causal, 0, scale)
+        return flash_attention_backward(do, q, k, v, o, lse, None, None, causal, 0, scale, True)
+    # The explicit math runs in float32 (float64) and returns the inputs' dtype: upcast them.
+    acc_dtype = torch.promote_types(q.dtype, torch.float32)
+    do, q, k, v, o = (t.to(acc_dtype) for t in (do, q, k, v, o))
     return attention_backward(
         do, q, k, v, o, lse, causal=causal, window=None, scale=scale, cu_seqlens=None
     )
@@ -203,9 +213,7 @@ def ring_attention(
     Sliding windows and cu_seqlens are not supported here.
     """
     check_inputs(q, k, v)
-    chosen = resolve_backend(backend, q, k, v)
-    if chosen == "triton" and q.dtype == torch.float64:
-        raise ValueError("the Triton kernel takes float16, bfloat16 or float32, not float64")
+    chosen = resolve_backend(backend, q, k, v, dtypes=TRITON_DTYPES)
     _check_same_shapes(q, k, _Ring(group))
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return RingAttention.apply(q, k, v, causal, scale, group, chosen)

@@ -12,6 +12,11 @@ variable-length packing through `cu_seqlens` (one program row per sequence), and
 lengths that are not multiples of the block sizes (boundary-checked loads and stores).
 Scores use exp2 with log2(e) folded into the scale; accumulation is float32.
 
+Grid: (sequences × heads, blocks) — the (batch, head) index on axis 0, which allows 2^31 - 1
+programs, and the block index on axis 1 (CUDA allows 65,535 there). With `cu_seqlens` the number
+of blocks is that of the packed length T, an upper bound that needs no host sync; programs past
+their sequence's end return at once. Pointer offsets are 64-bit.
+
 The kernels are registered as `torch.ops.seqcontrol.flash_attention_forward / _backward`
 (torch.library custom ops with autograd and fake-tensor rules), so they compose with autograd
 and torch.compile.
@@ -25,6 +30,7 @@ import triton.language as tl
 
 from common.kernels.backend import triton_interpreted
 
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # not float64
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -36,6 +42,7 @@ def _sequence(CU, b, seq_len_fixed, VARLEN: tl.constexpr):
         batch = 0
         start = tl.load(CU + b)
         seq_len = tl.load(CU + b + 1) - start
+        start = start.to(tl.int64)  # 64-bit: start * HEAD_DIM may pass 2^31
     else:
         batch = b
         start = 0
@@ -125,23 +132,23 @@ def _forward_kernel(
     VARLEN: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    b = tl.program_id(1).to(tl.int64) // num_heads  # 64-bit offsets for large tensors
-    h = tl.program_id(1).to(tl.int64) % num_heads
+    # (batch, head) on grid axis 0 (up to 2^31 - 1 programs), query block on axis 1 (65,535).
+    b = tl.program_id(0).to(tl.int64) // num_heads  # 64-bit offsets for large tensors
+    h = tl.program_id(0).to(tl.int64) % num_heads
+    start_m = tl.program_id(1) * BLOCK_M
     batch, seq_start, seq_len = _sequence(CU, b, seq_len_fixed, VARLEN)
     if start_m >= seq_len:
         return
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
+    q_offs = offs_m.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :]
     q_rows = Q + batch * stride_qb + h * stride_qh + seq_start * HEAD_DIM
     k_rows = K + batch * stride_kb + (h // group) * stride_kh + seq_start * HEAD_DIM
     v_rows = V + batch * stride_kb + (h // group) * stride_kh + seq_start * HEAD_DIM
     m_valid = offs_m < seq_len
     qk_scale = scale * LOG2E
-    q = tl.load(
-        q_rows + offs_m[:, None] * HEAD_DIM + offs_d[None, :], mask=m_valid[:, None], other=0.0
-    )
+    q = tl.load(q_rows + q_offs, mask=m_valid[:, None], other=0.0)
 
     # Online softmax state in log2 units: running max m_i, running sum l_i, accumulator.
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
@@ -151,8 +158,9 @@ def _forward_kernel(
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         n_valid = offs_n[:, None] < seq_len
-        k = tl.load(k_rows + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=n_valid, other=0.0)
-        v = tl.load(v_rows + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=n_valid, other=0.0)
+        kv_offs = offs_n.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :]
+        k = tl.load(k_rows + kv_offs, mask=n_valid, other=0.0)
+        v = tl.load(v_rows + kv_offs, mask=n_valid, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         allowed = _allowed(offs_m[:, None], offs_n[None, :], seq_len, window, CAUSAL, WINDOWED)
         s = tl.where(allowed, s, float("-inf"))
@@ -166,11 +174,7 @@ def _forward_kernel(
     l_i = tl.where(m_valid, l_i, 1.0)  # rows past the end of the sequence saw no key
     o = acc / l_i[:, None]
     o_rows = Out + batch * stride_qb + h * stride_qh + seq_start * HEAD_DIM
-    tl.store(
-        o_rows + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
-        o.to(Out.dtype.element_ty),
-        mask=m_valid[:, None],
-    )
+    tl.store(o_rows + q_offs, o.to(Out.dtype.element_ty), mask=m_valid[:, None])
     lse_rows = LSE + batch * stride_lb + h * stride_lh + seq_start
     tl.store(lse_rows + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=m_valid)
 
@@ -230,9 +234,9 @@ def _dkdv_kernel(
 ):
     """dV = Σ Pᵀ dO, dK = scale · Σ dSᵀ Q for one key block, summed over the query blocks and
     the `group` query heads that share this kv head. Works on transposed scores Sᵀ (N, M)."""
-    start_n = tl.program_id(0) * BLOCK_N
-    b = tl.program_id(1).to(tl.int64) // kv_heads
-    hk = tl.program_id(1).to(tl.int64) % kv_heads
+    b = tl.program_id(0).to(tl.int64) // kv_heads
+    hk = tl.program_id(0).to(tl.int64) % kv_heads
+    start_n = tl.program_id(1) * BLOCK_N
     batch, seq_start, seq_len = _sequence(CU, b, seq_len_fixed, VARLEN)
     if start_n >= seq_len:
         return
@@ -240,7 +244,7 @@ def _dkdv_kernel(
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     kv_offset = batch * stride_kb + hk * stride_kh + seq_start * HEAD_DIM
-    kv_offs = offs_n[:, None] * HEAD_DIM + offs_d[None, :]
+    kv_offs = offs_n.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :]
     n_valid = offs_n[:, None] < seq_len
     k = tl.load(K + kv_offset + kv_offs, mask=n_valid, other=0.0)
     v = tl.load(V + kv_offset + kv_offs, mask=n_valid, other=0.0)
@@ -257,7 +261,7 @@ def _dkdv_kernel(
         for start_m in range(lo, hi, BLOCK_M):
             offs_m = start_m + offs_m0
             m_valid = offs_m < seq_len
-            q_offs = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+            q_offs = offs_m.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :]
             q = tl.load(q_rows + q_offs, mask=m_valid[:, None], other=0.0)
             do = tl.load(do_rows + q_offs, mask=m_valid[:, None], other=0.0)
             lse = tl.load(lse_rows + offs_m, mask=m_valid, other=0.0) * LOG2E
@@ -305,9 +309,9 @@ def _dq_kernel(
     PRECISION: tl.constexpr,
 ):
     """dQ = scale · Σ dS K for one query block, dS = P ⊙ (dO Vᵀ - D)."""
-    start_m = tl.program_id(0) * BLOCK_M
-    b = tl.program_id(1).to(tl.int64) // num_heads  # 64-bit offsets for large tensors
-    h = tl.program_id(1).to(tl.int64) % num_heads
+    b = tl.program_id(0).to(tl.int64) // num_heads  # 64-bit offsets for large tensors
+    h = tl.program_id(0).to(tl.int64) % num_heads
+    start_m = tl.program_id(1) * BLOCK_M
     batch, seq_start, seq_len = _sequence(CU, b, seq_len_fixed, VARLEN)
     if start_m >= seq_len:
         return
@@ -315,7 +319,7 @@ def _dq_kernel(
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     q_offset = batch * stride_qb + h * stride_qh + seq_start * HEAD_DIM
-    q_offs = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+    q_offs = offs_m.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :]
     m_valid = offs_m < seq_len
     q = tl.load(Q + q_offset + q_offs, mask=m_valid[:, None], other=0.0)
     do = tl.load(DO + q_offset + q_offs, mask=m_valid[:, None], other=0.0)
@@ -330,8 +334,9 @@ def _dq_kernel(
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         n_valid = offs_n[:, None] < seq_len
-        k = tl.load(k_rows + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=n_valid, other=0.0)
-        v = tl.load(v_rows + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=n_valid, other=0.0)
+        kv_offs = offs_n.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :]
+        k = tl.load(k_rows + kv_offs, mask=n_valid, other=0.0)
+        v = tl.load(v_rows + kv_offs, mask=n_valid, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         allowed = _allowed(offs_m[:, None], offs_n[None, :], seq_len, window, CAUSAL, WINDOWED)
         p = tl.exp2(tl.where(allowed, s - lse[:, None], float("-inf")))
@@ -357,11 +362,14 @@ def _launch(head_dim: int, dtype: torch.dtype, backward: bool) -> dict[str, int]
     return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": warps, "num_stages": 3}
 
 
-def _rows(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> tuple[int, int]:
-    """(number of sequences, longest sequence): one grid row per sequence and head."""
-    if cu_seqlens is None:
-        return q.shape[0], q.shape[2]
-    return cu_seqlens.numel() - 1, int(cu_seqlens.diff().max())
+def _grid(
+    q: torch.Tensor, cu_seqlens: torch.Tensor | None, heads: int, block: int
+) -> tuple[int, int]:
+    """(sequences × heads, blocks of the longest sequence). With cu_seqlens the packed length T
+    bounds every sequence (no host sync to find the longest); blocks past a sequence's end exit.
+    """
+    sequences = q.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+    return sequences * heads, triton.cdiv(q.shape[2], block)
 
 
 def _mask_flags(
@@ -389,13 +397,12 @@ def flash_attention_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """O (B, H, T, D) and the float32 natural-log LSE (B, H, T); window=0 means no window."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    cu_seqlens = None if cu_seqlens is None else cu_seqlens.contiguous()
     batch, heads, seq, _ = q.shape
     o = torch.empty_like(q)
     lse = torch.empty(batch, heads, seq, dtype=torch.float32, device=q.device)
-    rows, max_len = _rows(q, cu_seqlens)
     launch = _launch(q.shape[-1], q.dtype, backward=False)
-    grid = (triton.cdiv(max_len, launch["BLOCK_M"]), rows * heads)
-    _forward_kernel[grid](
+    _forward_kernel[_grid(q, cu_seqlens, heads, launch["BLOCK_M"])](
         q,
         k,
         v,
@@ -437,11 +444,17 @@ def flash_attention_backward(
     causal: bool,
     window: int,
     scale: float,
+    fp32_grads: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dQ, dK, dV given O and LSE (and optionally the gradient of LSE, which enters as
-    D - dLSE). O and LSE may be the merged ones of a longer row (ring attention)."""
+    D - dLSE). O and LSE may be the merged ones of a longer row (ring attention).
+
+    The gradients come in the inputs' dtype, or in float32 with fp32_grads (the ring backward
+    sums them over blocks: rounding each block's share to fp16/bf16 first would lose bits).
+    """
     do, q, k, v, o = (t.contiguous() for t in (do, q, k, v, o))
     lse = lse.contiguous()
+    cu_seqlens = None if cu_seqlens is None else cu_seqlens.contiguous()
     batch, heads, seq, head_dim = q.shape
     kv_heads = k.shape[1]
     delta = torch.empty_like(lse)
@@ -456,12 +469,12 @@ def flash_attention_backward(
         BLOCK=64,
         HAS_DLSE=dlse is not None,
     )
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    rows, max_len = _rows(q, cu_seqlens)
+    grad_dtype = torch.float32 if fp32_grads else q.dtype
+    dq, dk, dv = (torch.empty(t.shape, dtype=grad_dtype, device=t.device) for t in (q, k, v))
     launch = _launch(head_dim, q.dtype, backward=True)
     flags = _mask_flags(q, cu_seqlens, causal, window)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1))
-    _dkdv_kernel[(triton.cdiv(max_len, launch["BLOCK_N"]), rows * kv_heads)](
+    _dkdv_kernel[_grid(q, cu_seqlens, kv_heads, launch["BLOCK_N"])](
         q,
         k,
         v,
@@ -480,7 +493,7 @@ def flash_attention_backward(
         **flags,
         **launch,
     )
-    _dq_kernel[(triton.cdiv(max_len, launch["BLOCK_M"]), rows * heads)](
+    _dq_kernel[_grid(q, cu_seqlens, heads, launch["BLOCK_M"])](
         q,
         k,
         v,
@@ -502,8 +515,9 @@ def flash_attention_backward(
 
 
 @flash_attention_backward.register_fake
-def _(do, q, k, v, o, lse, dlse, cu_seqlens, causal, window, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+def _(do, q, k, v, o, lse, dlse, cu_seqlens, causal, window, scale, fp32_grads=False):
+    grad_dtype = torch.float32 if fp32_grads else q.dtype
+    return tuple(torch.empty_like(t, dtype=grad_dtype) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -534,8 +548,7 @@ def flash_attention(
     scale: float | None = None,
     cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Triton path of `attention` (inputs already checked): fp16/bf16/fp32, fp32 accumulation."""
-    if q.dtype == torch.float64:
-        raise ValueError("the Triton kernel takes float16, bfloat16 or float32, not float64")
+    """Triton path of `attention` (inputs already checked, dtype in TRITON_DTYPES): fp32
+    accumulation."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return flash_attention_forward(q, k, v, cu_seqlens, causal, window or 0, scale)[0]

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.kernels.backend import BACKENDS, resolve_backend
+from common.kernels.backend import check_backend, resolve_backend
 from common.kernels.moe.reference import grouped_mm_reference
 from common.kernels.moe.triton import grouped_mm
 
@@ -100,6 +100,9 @@ def route(x: torch.Tensor, router_weight: torch.Tensor, config: RouterConfig) ->
         order = order[position < capacity]
         counts = routed.clamp(max=capacity)
 
+    if num_tokens == 0:  # no tokens, no loss (the means below would be 0 / 0)
+        zero = logits.sum()  # 0, still connected to the router weight
+        return Routing(gates, order, counts, zero, zero)
     # Switch eq. 4: f_i = share of assignments to expert i, P_i = mean router probability.
     fraction = routed.to(dtype) / (num_tokens * top_k)
     aux_loss = config.aux_loss_coef * num_experts * (fraction * probs.mean(dim=0)).sum()
@@ -133,7 +136,7 @@ def combine(y: torch.Tensor, routing: Routing) -> torch.Tensor:
     num_tokens, top_k = routing.gates.shape
     slots = y.new_zeros(num_tokens * top_k, y.shape[1]).index_copy(0, routing.order, y)
     gates = routing.gates.to(y.dtype).unsqueeze(-1)
-    return (slots.view(num_tokens, top_k, -1) * gates).sum(dim=1)
+    return (slots.view(num_tokens, top_k, y.shape[1]) * gates).sum(dim=1)
 
 
 def check_input(x: torch.Tensor, dim: int) -> None:
@@ -180,8 +183,7 @@ class MoE(nn.Module):
                 f"capacity_factor={capacity_factor} must be a finite number > 0, or None for "
                 "dropless routing"
             )
-        if backend not in BACKENDS:
-            raise ValueError(f"backend={backend!r} is not allowed; use one of {BACKENDS}")
+        check_backend(backend)
         self.dim, self.hidden_dim, self.num_experts = dim, hidden_dim, num_experts
         self.config = RouterConfig(
             top_k, softmax_before_topk, capacity_factor, aux_loss_coef, z_loss_coef

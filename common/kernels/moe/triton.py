@@ -3,8 +3,9 @@
 Tokens are sorted by expert (MegaBlocks, Gale et al. 2022), so expert e owns the contiguous
 rows offsets[e]:offsets[e+1]. Forward, y = x @ w[e] per group: the grid covers an upper bound on
 the number of row tiles (ceil(M / BLOCK_M) + E) and each program walks the offsets to find which
-expert and which rows its tile belongs to; spare programs do nothing. No host synchronisation
-and no padding to a capacity, so uneven and zero counts cost nothing extra.
+expert and which rows its tile belongs to; the spare programs write the zero rows past
+offsets[-1] (there are always enough of them, see `_grouped_mm_kernel`). No host
+synchronisation and no padding to a capacity, so uneven and zero counts cost nothing extra.
 
 Backward: dx = dy @ w[e]^T is the same kernel on a transposed view of w (strides only); the
 weight gradient dw[e] = x_e^T @ dy_e is a second kernel with one program per (expert, output
@@ -12,7 +13,7 @@ tile) that accumulates over that expert's rows in float32. Experts with no rows 
 
 Both are `torch.library.custom_op`s with fake (meta) implementations and a registered autograd
 formula, so they compose with autograd and `torch.compile`. fp32 inputs use TF32 in `tl.dot`
-only when `torch.backends.cuda.matmul.allow_tf32` is set, as `torch.matmul` does.
+only when `torch.backends.cuda.matmul.fp32_precision == "tf32"`, as `torch.matmul` does.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def _grouped_mm_kernel(
     y_ptr,
     offsets_ptr,
     num_experts,
+    M,
     N,
     K,
     stride_xm,
@@ -52,7 +54,7 @@ def _grouped_mm_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     # Find this program's expert: tiles are numbered expert by expert, ceil(count_e / BLOCK_M)
-    # tiles for expert e. A program past the last tile keeps expert = -1 and does nothing.
+    # tiles for expert e. A program past the last tile keeps expert = -1.
     expert = pid_m * 0 - 1
     row_start = pid_m * 0
     row_end = pid_m * 0
@@ -66,11 +68,11 @@ def _grouped_mm_kernel(
         row_start = tl.where(mine, start + (pid_m - first_tile) * BLOCK_M, row_start)
         row_end = tl.where(mine, end, row_end)
         first_tile += tiles
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
     if expert >= 0:
         rows = (row_start + tl.arange(0, BLOCK_M)).to(tl.int64)
-        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < row_end
-        col_ok = cols < N
         w_expert = w_ptr + expert.to(tl.int64) * stride_we
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -91,6 +93,17 @@ def _grouped_mm_kernel(
             y_ptr + rows[:, None] * stride_ym + cols[None, :] * stride_yn,
             acc.to(y_ptr.dtype.element_ty),
             mask=row_ok[:, None] & col_ok[None, :],
+        )
+    else:
+        # Spare program j zeroes tile j of the rows offsets[-1]:M, which belong to no expert.
+        # There are enough spare programs: sum_e ceil(c_e / B) <= ceil(S / B) + E - 1 and
+        # ceil(M / B) >= ceil(S / B) + ceil((M - S) / B) - 1, with S = offsets[-1], B = BLOCK_M.
+        tail = tl.load(offsets_ptr + num_experts)
+        rows = (tail + (pid_m - first_tile) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+        tl.store(
+            y_ptr + rows[:, None] * stride_ym + cols[None, :] * stride_yn,
+            tl.zeros((BLOCK_M, BLOCK_N), dtype=y_ptr.dtype.element_ty),
+            mask=(rows < M)[:, None] & col_ok[None, :],
         )
 
 
@@ -147,11 +160,12 @@ def _grouped_mm_weight_grad_kernel(
 
 
 def _input_precision(dtype: torch.dtype) -> str:
-    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    # Not `allow_tf32`: reading it raises once TF32 was set through the fp32_precision API.
+    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.fp32_precision == "tf32"
     return "tf32" if tf32 else "ieee"
 
 
-@torch.library.custom_op("common_moe::grouped_mm", mutates_args=())
+@torch.library.custom_op("seqcontrol::grouped_mm", mutates_args=())
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """y[offsets[e]:offsets[e+1]] = x[offsets[e]:offsets[e+1]] @ w[e] for all experts, one launch.
 
@@ -160,8 +174,9 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch
     """
     check_grouped_mm(x, w, offsets)
     resolve_backend("triton", x, w, offsets)
+    offsets = offsets.contiguous()
     num_experts, K, N = w.shape
-    y = x.new_zeros(x.shape[0], N)
+    y = x.new_empty(x.shape[0], N)  # every row is written, the ones past offsets[-1] with 0
     grid = (triton.cdiv(x.shape[0], BLOCK_M) + num_experts, triton.cdiv(N, BLOCK_N))
     _grouped_mm_kernel[grid](
         x,
@@ -169,6 +184,7 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch
         y,
         offsets,
         num_experts,
+        x.shape[0],
         N,
         K,
         *x.stride(),
@@ -188,7 +204,7 @@ def _grouped_mm_fake(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) ->
     return x.new_empty(x.shape[0], w.shape[2])
 
 
-@torch.library.custom_op("common_moe::grouped_mm_weight_grad", mutates_args=())
+@torch.library.custom_op("seqcontrol::grouped_mm_weight_grad", mutates_args=())
 def grouped_mm_weight_grad(
     x: torch.Tensor, dy: torch.Tensor, offsets: torch.Tensor
 ) -> torch.Tensor:
@@ -205,6 +221,7 @@ def grouped_mm_weight_grad(
         )
     num_experts = offsets.shape[0] - 1
     resolve_backend("triton", x, dy, offsets)
+    offsets = offsets.contiguous()
     K, N = x.shape[1], dy.shape[1]
     dw = x.new_empty(num_experts, K, N)
     grid = (num_experts, triton.cdiv(K, BLOCK_K), triton.cdiv(N, BLOCK_N))

@@ -19,10 +19,10 @@ exactly, resets included; reset[:, 0] = True discards h0. To start episodes from
 s instead, pass b + reset[..., None] * a * s (and h0 = s for the first episode).
 
 Backends (`common.kernels.backend.resolve_backend`): "auto" is the Triton kernel for CUDA tensors
-and the sequential reference elsewhere; "triton" also runs on CPU under TRITON_INTERPRET=1 (tests);
-"reference" is the plain-torch loop. Also exported, outside the dispatch:
-`linear_scan_chunked` (plain torch, 2·sqrt(T) sequential steps: faster than the loop on CPU
-when B·N is small, see README.md) and `linear_scan_associative` (torch's
+of the dtypes it takes (`TRITON_DTYPES`) and the sequential reference otherwise; "triton" also
+runs on CPU under TRITON_INTERPRET=1 (tests); "reference" is the plain-torch loop. Also exported,
+outside the dispatch: `linear_scan_chunked` (plain torch, 2·sqrt(T) sequential steps: faster
+than the loop on CPU when B·N is small, see README.md) and `linear_scan_associative` (torch's
 `torch._higher_order_ops.associative_scan`, which runs eagerly on CPU in torch 2.13 with
 combine_mode="generic"; a cross-check of the operator, used in tests).
 """
@@ -100,9 +100,7 @@ def linear_scan(
     h0: (B, N) or None (zero), the state before t = 0. Differentiable in a, b and h0.
     """
     _check_inputs(a, b, reset, h0)
-    if resolve_backend(backend, a, b) == "reference":
+    if resolve_backend(backend, a, b, dtypes=TRITON_DTYPES) == "reference":
         return linear_scan_reference(a, b, reset, h0)
-    if a.dtype not in TRITON_DTYPES:
-        raise ValueError(f"backend='triton' takes dtypes {TRITON_DTYPES}; got {a.dtype}")
     h = linear_scan_triton(a, b, reset, h0)
     return h, h[:, -1]

@@ -133,7 +133,7 @@ def _linear_scan_fwd_kernel(
     for start in range(0, T, BLOCK_T):
         t = start + steps
         mask = (t < T)[:, None] & col_ok[None, :]
-        offs = batch * T * N + t[:, None] * N + cols[None, :]
+        offs = batch * T * N + t.to(tl.int64)[:, None] * N + cols[None, :]
         ar, ai = _load(a_ptr, offs, mask, COMPLEX, ACC)
         br, bi = _load(b_ptr, offs, mask, COMPLEX, ACC)
         r = _load_reset(reset_ptr, batch * T + t, t < T, HAS_RESET, BLOCK_N)
@@ -169,6 +169,8 @@ def _linear_scan_bwd_kernel(
     steps = tl.arange(0, BLOCK_T)
     gr_carry = tl.zeros([BLOCK_N], ACC)
     gi_carry = tl.zeros([BLOCK_N], ACC)
+    if HAS_H0:
+        h0r, h0i = _load(h0_ptr, batch * N + cols, col_ok, COMPLEX, ACC)
     for start in range(0, T, BLOCK_T):
         # Chunk rows in reverse time order, so the forward scan runs backwards in time over the
         # elements (conj(a_{t+1}), dL/dh_t, r_{t+1}); a_T = 0 ends the chain at t = T - 1.
@@ -176,7 +178,7 @@ def _linear_scan_bwd_kernel(
         in_range = t >= 0
         mask = in_range[:, None] & col_ok[None, :]
         next_mask = (in_range & (t + 1 < T))[:, None] & col_ok[None, :]
-        offs = batch * T * N + t[:, None] * N + cols[None, :]
+        offs = batch * T * N + t.to(tl.int64)[:, None] * N + cols[None, :]
         ar, ai = _load(a_ptr, offs + N, next_mask, COMPLEX, ACC)
         ghr, ghi = _load(grad_h_ptr, offs, mask, COMPLEX, ACC)
         r_next = _load_reset(
@@ -187,7 +189,6 @@ def _linear_scan_bwd_kernel(
         # dL/da_t = g_t conj(h_{t-1}), with h_{-1} = h0 and zero where a reset cut h_{t-1} off.
         hr, hi = _load(h_ptr, offs - N, mask & (t >= 1)[:, None], COMPLEX, ACC)
         if HAS_H0:
-            h0r, h0i = _load(h0_ptr, batch * N + cols, col_ok, COMPLEX, ACC)
             first = (t == 0)[:, None]
             hr = tl.where(first, h0r[None, :], hr)
             hi = tl.where(first, h0i[None, :], hi)
@@ -222,7 +223,7 @@ def _flags(reset: torch.Tensor | None) -> torch.Tensor | None:
     return None if reset is None else reset.contiguous().view(torch.uint8)
 
 
-@torch.library.custom_op("seqcontrol_scan::linear_scan", mutates_args=())
+@torch.library.custom_op("seqcontrol::linear_scan", mutates_args=())
 def linear_scan_triton(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -252,7 +253,7 @@ def _(a, b, reset=None, h0=None):
     return torch.empty_like(a)
 
 
-@torch.library.custom_op("seqcontrol_scan::linear_scan_backward", mutates_args=())
+@torch.library.custom_op("seqcontrol::linear_scan_backward", mutates_args=())
 def linear_scan_triton_backward(
     a: torch.Tensor,
     h: torch.Tensor,

@@ -1,16 +1,22 @@
 """Attention: Triton kernel (CPU interpreter) and reference path vs float64 math, masks vs their
 definitions, gradcheck, KV-cache decoding vs the full forward, torch.compile, bad inputs."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
-from common.kernels.attention import KVCache, attention, decode_attention
+import common.kernels.attention as attention_package
+import common.kernels.attention.ring as attention_ring
+import common.kernels.attention.triton as attention_triton
+from common.kernels.attention import KVCache, attention, decode_attention, ring_attention
 from common.kernels.attention.reference import (
     attention_backward,
     attention_forward,
     attention_mask,
 )
-from common.kernels.attention.triton import flash_attention_forward
+from common.kernels.attention.triton import flash_attention_backward, flash_attention_forward
 
 # (batch, heads, kv_heads, seq, head_dim, causal, window, cu_seqlens); seq 37 is not a multiple
 # of the interpreter's 16-wide blocks; [0, 16, 16, 37] packs an empty sequence.
@@ -91,6 +97,79 @@ def test_reference_path_matches_float64(name):
     got = _values_and_grads(fn, tensors, torch.float32, grad_out)
     for g, t in zip(got, truth, strict=True):
         torch.testing.assert_close(g.double(), t, **TOLERANCE[torch.float32])
+
+
+def _check_against_float64(tensors, causal, window, cu_seqlens, grad_out, dtype):
+    truth = _float64_truth(tensors, causal, window, cu_seqlens, grad_out)
+
+    def fn(q, k, v):
+        kwargs = {"causal": causal, "window": window, "cu_seqlens": cu_seqlens}
+        return attention(q, k, v, backend="triton", **kwargs)
+
+    got = _values_and_grads(fn, tensors, dtype, grad_out)
+    for label, g, t in zip(("out", "dq", "dk", "dv"), got, truth, strict=True):
+        torch.testing.assert_close(g.double(), t, **TOLERANCE[dtype], msg=lambda m, s=label: s + m)
+
+
+def test_triton_with_gpu_block_sizes(monkeypatch):
+    """The GPU launch sizes (forward 128 × 64: query and key blocks differ; backward 64 × 64) on
+    T = 150 with GQA 4/2, causal + window, and packing with an empty sequence and a sequence
+    longer than one forward query block."""
+    monkeypatch.setattr(attention_triton, "triton_interpreted", lambda: False)
+    forward = attention_triton._launch(32, torch.float16, backward=False)
+    backward = attention_triton._launch(32, torch.float16, backward=True)
+    assert (forward["BLOCK_M"], forward["BLOCK_N"]) == (128, 64)
+    assert (backward["BLOCK_M"], backward["BLOCK_N"]) == (64, 64)
+    tensors = _inputs(1, 4, 2, 150, 32, seed=1)
+    grad_out = torch.randn(1, 4, 150, 32, dtype=torch.float64)
+    cu_seqlens = torch.tensor([0, 0, 140, 150], dtype=torch.int32)
+    _check_against_float64(tensors, True, 40, cu_seqlens, grad_out, torch.float16)
+
+
+def test_triton_reads_strided_cu_seqlens():
+    """A non-contiguous cu_seqlens view gives the same result as its contiguous copy."""
+    tensors = _inputs(1, 2, 1, 20, 32)
+    grad_out = torch.randn(1, 2, 20, 32, dtype=torch.float64)
+    cu_seqlens = torch.tensor([0, 0, 7, 7, 20, 20], dtype=torch.int32)[::2]  # [0, 7, 20]
+    assert not cu_seqlens.is_contiguous()
+    _check_against_float64(tensors, True, None, cu_seqlens, grad_out, torch.float32)
+
+
+def test_triton_backward_float32_gradients():
+    """fp32_grads (used by the ring backward) returns the kernel's float32 accumulators: the
+    same numbers as the default, before their rounding to float16."""
+    tensors, causal, _, _, grad_out = _case("gqa_causal")
+    q, k, v, do = (t.half() for t in (*tensors, grad_out))
+    scale = 32**-0.5
+    o, lse = flash_attention_forward(q, k, v, None, causal, 0, scale)
+    args = (do, q, k, v, o, lse, None, None, causal, 0, scale)
+    rounded = flash_attention_backward(*args)
+    accumulated = flash_attention_backward(*args, True)
+    for r, a in zip(rounded, accumulated, strict=True):
+        assert r.dtype == torch.float16 and a.dtype == torch.float32
+        assert torch.equal(a.half(), r)
+    assert any(not torch.equal(a, a.half().float()) for a in accumulated)
+
+
+def test_auto_backend_uses_the_reference_for_float64_on_cuda(monkeypatch):
+    """Triton takes no float64: `auto` must not pick it for float64 CUDA tensors. Fake CUDA
+    tensors stand in for real ones (the dispatch only reads shapes, devices and dtypes) and the
+    two paths are replaced by recorders."""
+    chosen = []
+
+    def recorder(label):
+        return lambda *args, **kwargs: chosen.append(label)
+
+    monkeypatch.setattr(attention_package, "flash_attention", recorder("T"))
+    monkeypatch.setattr(attention_package, "reference_attention", recorder("R"))
+    ring_apply = SimpleNamespace(apply=lambda *args: chosen.append(args[-1]))
+    monkeypatch.setattr(attention_ring, "RingAttention", ring_apply)
+    with FakeTensorMode():
+        for dtype in (torch.float64, torch.float16):
+            q, k, v = (torch.empty(1, 2, 8, 32, dtype=dtype, device="cuda") for _ in range(3))
+            attention(q, k, v)
+            ring_attention(q, k, v)
+    assert chosen == ["R", "reference", "T", "triton"]
 
 
 def test_triton_lse_and_its_gradient():
@@ -271,5 +350,5 @@ def test_bad_inputs_raise_clear_errors(case, message):
 
 def test_triton_rejects_float64():
     q, k, v = _inputs(1, 2, 2, 8, 32)
-    with pytest.raises(ValueError, match="not float64"):
+    with pytest.raises(ValueError, match=r"backend='triton' takes dtypes .*; got torch.float64"):
         attention(q, k, v, backend="triton")

@@ -10,8 +10,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 from torch.func import functional_call
 
+import common.kernels.moe.triton as moe_triton
 from common.kernels.moe import MoE, grouped_mm, grouped_mm_reference, moe_reference
 from common.kernels.moe.triton import BLOCK_M
 
@@ -47,6 +49,57 @@ def test_triton_grouped_mm_matches_float64(dtype, tol):
     assert torch.count_nonzero(w.grad[1]) == 0  # no tokens, no weight gradient
     # The float64 reference is itself the per-expert product.
     assert torch.allclose(y64[offsets[2] : offsets[3]], x64[offsets[2] : offsets[3]] @ w64[2])
+
+
+def test_triton_grouped_mm_strided_offsets_and_tail_rows():
+    """A non-contiguous offsets view reads the right offsets; rows past offsets[-1] are 0."""
+    offsets = torch.tensor([0, 0, 10, 10, 30, 30, 50, 50], dtype=torch.int32)[::2]  # 0 10 30 50
+    assert not offsets.is_contiguous()
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(60, 16, generator=g, requires_grad=True)
+    w = torch.randn(3, 16, 16, generator=g, requires_grad=True)
+    dy = torch.randn(60, 16, generator=g)
+    x64, w64 = (t.detach().double().requires_grad_() for t in (x, w))
+    y = grouped_mm(x, w, offsets)
+    y.backward(dy)
+    y64 = grouped_mm_reference(x64, w64, offsets.contiguous())
+    y64.backward(dy.double())
+    for got, want in ((y, y64), (x.grad, x64.grad), (w.grad, w64.grad)):
+        assert rel_err(got, want) < 1e-5
+    assert torch.equal(y[50:], torch.zeros(10, 16))
+    assert torch.equal(x.grad[50:], torch.zeros(10, 16))
+
+
+@pytest.mark.parametrize(("counts", "rows"), [([1, 1, 1], 200), ([63, 63], 127), ([0, 0], 65)])
+def test_grouped_mm_kernel_writes_every_output_row(counts, rows):
+    """grouped_mm allocates its output uninitialised: the kernel alone must write every row,
+    the ones past offsets[-1] with zeros (the spare programs of the grid). Checked on an output
+    pre-filled with NaN, including a tail longer than the experts' rows."""
+    offsets = offsets_of(counts)
+    g = torch.Generator().manual_seed(10)
+    x, w = torch.randn(rows, 16, generator=g), torch.randn(len(counts), 16, 72, generator=g)
+    y = torch.full((rows, 72), float("nan"))
+    grid = (triton.cdiv(rows, BLOCK_M) + len(counts), triton.cdiv(72, moe_triton.BLOCK_N))
+    moe_triton._grouped_mm_kernel[grid](
+        x, w, y, offsets, len(counts), rows, 72, 16, *x.stride(), *w.stride(), *y.stride(),
+        BLOCK_M=BLOCK_M, BLOCK_N=moe_triton.BLOCK_N, BLOCK_K=moe_triton.BLOCK_K,
+        INPUT_PRECISION="ieee",
+    )  # fmt: skip
+    torch.testing.assert_close(y, grouped_mm_reference(x, w, offsets))
+
+
+def test_triton_grouped_mm_with_tf32_set_through_fp32_precision():
+    """torch 2.13 raises on reading `allow_tf32` once TF32 was set with the fp32_precision API;
+    the kernel reads fp32_precision. (Whether TF32 is used only matters on a GPU.)"""
+    matmul = torch.backends.cuda.matmul
+    previous = matmul.fp32_precision
+    matmul.fp32_precision = "tf32"
+    try:
+        x, w = torch.randn(20, 16), torch.randn(2, 16, 16)
+        y = grouped_mm(x, w, offsets_of([7, 13]))
+    finally:
+        matmul.fp32_precision = previous
+    torch.testing.assert_close(y, torch.cat([x[:7] @ w[0], x[7:] @ w[1]]), rtol=1e-2, atol=1e-2)
 
 
 def test_grouped_mm_op_registration():
@@ -176,6 +229,19 @@ def test_capacity_top2_drops_single_assignments(backend):
     )
     assert out.tokens_per_expert.tolist() == [3, 3, 2, 2]
     torch.testing.assert_close(out.output[0].double(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_empty_input(backend):
+    """No tokens: an empty output, zero (not 0 / 0) losses, and a backward pass that runs."""
+    layer = MoE(8, 16, 4, 2, backend=backend)
+    x = torch.randn(1, 0, 8, requires_grad=True)
+    out = layer(x)
+    assert out.output.shape == (1, 0, 8)
+    assert out.aux_loss.item() == 0 and out.z_loss.item() == 0
+    assert out.tokens_per_expert.tolist() == [0, 0, 0, 0]
+    (out.output.sum() + out.aux_loss + out.z_loss).backward()
+    assert torch.count_nonzero(layer.router.weight.grad) == 0
 
 
 def test_aux_and_z_loss_by_hand():

@@ -45,27 +45,31 @@ def distributed_results():
 
 
 def _single_process(backend: str, capacity_factor: float | None):
-    """Dropless: the whole global batch at once. Capacity: each rank's tokens on their own
-    (capacity is counted per rank, GShard's per-group capacity). Gradients summed over ranks."""
+    """Outputs and input gradients to compare with: dropless, the whole global batch at once;
+    capacity, each rank's tokens on their own (capacity is counted per rank, GShard's per-group
+    capacity). Gradients summed over ranks. Also the layer on each rank's tokens alone (no
+    gradient) and, dropless, the global batch's result."""
     layer = _layer(backend, capacity_factor)
     data = [_data(rank) for rank in range(WORLD)]
     xs = [x.requires_grad_() for x, _ in data]
+    with torch.no_grad():
+        per_rank = [layer(x) for x in xs]
     if capacity_factor is None:
         global_batch = layer(torch.cat(xs, dim=1))
         outputs = global_batch.output.split([x.shape[1] for x in xs], dim=1)
-        results = [None] * WORLD
     else:
-        results = [layer(x) for x in xs]
-        outputs = [r.output for r in results]
+        global_batch = None
+        outputs = [layer(x).output for x in xs]
     sum((out * dy).sum() for out, (_, dy) in zip(outputs, data, strict=True)).backward()
-    return layer, outputs, [x.grad for x in xs], results
+    return layer, outputs, [x.grad for x in xs], per_rank, global_batch
 
 
 @pytest.mark.parametrize(("backend", "capacity_factor"), CASES)
 def test_expert_parallel_matches_single_process(distributed_results, backend, capacity_factor):
-    layer, outputs, x_grads, results = _single_process(backend, capacity_factor)
+    layer, outputs, x_grads, per_rank, global_batch = _single_process(backend, capacity_factor)
     local = EXPERTS // WORLD
     router_grad = 0
+    results = [distributed_results[rank][backend, capacity_factor][0] for rank in range(WORLD)]
     for rank in range(WORLD):
         result, x_grad, grads = distributed_results[rank][backend, capacity_factor]
         torch.testing.assert_close(result.output, outputs[rank].detach())
@@ -77,10 +81,19 @@ def test_expert_parallel_matches_single_process(distributed_results, backend, ca
         # Tokens really cross ranks: this rank routes some tokens to the other rank's experts.
         other = slice((1 - rank) * local, (2 - rank) * local)
         assert result.tokens_per_expert[other].sum() > 0
-        if results[rank] is not None:
-            torch.testing.assert_close(result.aux_loss, results[rank].aux_loss.detach())
-            torch.testing.assert_close(result.z_loss, results[rank].z_loss.detach())
-            assert torch.equal(result.tokens_per_expert, results[rank].tokens_per_expert)
+        # The losses and tokens_per_expert are per rank: those of the rank's own tokens.
+        torch.testing.assert_close(result.aux_loss, per_rank[rank].aux_loss)
+        torch.testing.assert_close(result.z_loss, per_rank[rank].z_loss)
+        assert torch.equal(result.tokens_per_expert, per_rank[rank].tokens_per_expert)
+    if global_batch is not None:
+        # Dropless: the ranks' counts add up to the global batch's, and the global z-loss (a
+        # mean over tokens) is the token-weighted mean of the ranks'. The aux loss (Σ f_i P_i)
+        # does not decompose over ranks.
+        total = sum(result.tokens_per_expert for result in results)
+        assert torch.equal(total, global_batch.tokens_per_expert)
+        sizes = [_data(rank)[0].shape[1] for rank in range(WORLD)]
+        z_loss = sum(n * r.z_loss for n, r in zip(sizes, results, strict=True)) / sum(sizes)
+        torch.testing.assert_close(z_loss, global_batch.z_loss.detach())
     # The router is replicated: its data-parallel gradient is the sum over ranks.
     torch.testing.assert_close(router_grad, layer.router.weight.grad)
 

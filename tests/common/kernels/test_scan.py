@@ -172,6 +172,20 @@ def test_triton_matches_float64_reference(monkeypatch, dtype, steps, channels, b
         assert relative_error(got, want) < TOLERANCE[dtype]
 
 
+def test_triton_without_reset_or_h0():
+    """reset=None and h0=None (the kernels' HAS_RESET / HAS_H0 = False branches): values and
+    dL/da, dL/db vs the float64 reference, over two chunks and two channel blocks."""
+    a, b, _, _ = make_inputs(2, 100, 40, torch.float32, seed=5)
+    w = torch.randn(a.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    results = []
+    for scan, dtype in ((triton_scan, torch.float32), (linear_scan_reference, torch.float64)):
+        leaves = [x.detach().to(dtype).requires_grad_() for x in (a, b)]
+        h, _ = scan(*leaves, None, None)
+        results.append([h, *torch.autograd.grad((h.double() * w).sum(), leaves)])
+    for got, want in zip(*results, strict=True):
+        assert relative_error(got, want) < TOLERANCE[torch.float32]
+
+
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_resets_equal_separate_episodes(backend):
     """One scan over episodes cut by resets = each episode scanned on its own from zero state
