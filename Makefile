@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PYTHON) -m bench.moe
 	$(PYTHON) -m bench.scan
 	$(PYTHON) -m bench.causal_seq
+	$(PYTHON) -m bench.gmom_ppo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
