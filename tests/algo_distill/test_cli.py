@@ -1,0 +1,147 @@
+"""The real entry points (collect → train → eval) as a user runs them, resume, bad configs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+
+from algo_distill.collect import validate as validate_collect
+from algo_distill.train import run, validate
+from tests.algo_distill.conftest import compose_config
+
+ROOT = Path(__file__).parents[2]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _cli(*args, check=True):
+    result = subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, env=ENV, capture_output=True, text=True
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_smoke_collect_train_eval(tmp_path):
+    data, sweep = tmp_path / "data", tmp_path / "sweep"
+    out = _cli("algo_distill.collect", "experiment=smoke", f"hydra.run.dir={data}").stdout
+    assert "8 learning histories" in out
+    assert sorted(p.name for p in data.glob("*.npz")) == [
+        "expert_00000.npz",
+        "expert_00001.npz",
+        "learning_00000.npz",
+        "learning_00001.npz",
+    ]
+    for method in ("algorithm_distillation", "expert_distillation"):
+        run_dir = sweep / method
+        _cli(
+            "algo_distill.train",
+            "experiment=smoke",
+            f"dataset={data}",
+            f"method={method}",
+            f"hydra.run.dir={run_dir}",
+        )
+        records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert records[0]["type"] == "config"
+        assert records[-1]["step"] == 6 and records[-1]["tokens_per_s"] > 0
+        assert "eval/return_last" in records[-1]
+        assert (run_dir / "checkpoints" / "step_00000006.pt").exists()
+
+    out = _cli(
+        "algo_distill.eval",
+        f"runs={sweep}",
+        "episodes=3",
+        "copies=2",
+        "source_episodes=4",
+        "speed_episodes=2",
+    ).stdout
+    assert "| AD |" in out and "| ED |" in out and "| source Q-learning |" in out
+    assert "same returns: True" in out
+    for name in ("results.md", "results.json", "return_vs_episode.png", "return_vs_steps.png"):
+        assert (sweep / "eval" / name).exists()
+
+
+def test_bad_config_fails_before_any_work(tmp_path):
+    result = _cli(
+        "algo_distill.collect", "env.size=4", f"hydra.run.dir={tmp_path / 'c'}", check=False
+    )
+    assert result.returncode != 0
+    assert "env.size=4 is not valid: an odd integer" in result.stderr
+    assert not (tmp_path / "c" / "manifest.json").exists()
+    result = _cli(
+        "algo_distill.train", f"dataset={tmp_path}", f"hydra.run.dir={tmp_path / 't'}", check=False
+    )
+    assert "dataset=" in result.stderr and "a directory written by algo_distill.collect" in (
+        result.stderr
+    )
+    assert not (tmp_path / "t" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            "method",
+            "behaviour_cloning",
+            "allowed: ('algorithm_distillation', 'expert_distillation')",
+        ),
+        ("context_episodes", 0, "context_episodes=0 is not valid: a positive integer"),
+        ("model.heads", 4, "model.heads=4 is not valid: a divisor of model.hidden=64"),
+        ("trainer.batch_size", 0, "trainer.batch_size=0 is not valid"),
+        ("logging.wandb_mode", "always", "allowed: ('disabled', 'offline', 'online')"),
+    ],
+)
+def test_bad_train_values_name_the_field(smoke_dataset, key, value, message):
+    cfg = compose_config("train", ["experiment=smoke", f"dataset={smoke_dataset}"])
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, value)
+    with pytest.raises(ValueError) as info:
+        validate(cfg)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("env.name", "watermaze", "env.name='watermaze' is not valid: allowed:"),
+        ("env.num_eval_tasks", 25, "env.num_eval_tasks=25 is not valid: an integer in [1, 24]"),
+        ("source.gamma", 1.0, "source.gamma=1.0 is not valid: a discount in [0, 1)"),
+        ("num_histories", 0, "num_histories=0 is not valid"),
+    ],
+)
+def test_bad_collect_values_name_the_field(key, value, message):
+    cfg = compose_config("collect", [])
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, value)
+    with pytest.raises(ValueError) as info:
+        validate_collect(cfg)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("experiment", ["smoke", "small", "paper"])
+@pytest.mark.parametrize("env", ["dark_room_small", "dark_room", "dark_room_hard", "key_to_door"])
+def test_every_tier_composes_and_validates(smoke_dataset, experiment, env):
+    validate_collect(compose_config("collect", [f"experiment={experiment}", f"env={env}"]))
+    validate(compose_config("train", [f"experiment={experiment}", f"dataset={smoke_dataset}"]))
+
+
+def test_resume_reaches_the_same_weights(smoke_dataset, tmp_path):
+    overrides = ["experiment=smoke", f"dataset={smoke_dataset}", "trainer.keep_last=5"]
+    full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
+    full = run(compose_config("train", overrides), full_dir)
+    (resumed_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(full_dir / "checkpoints" / "step_00000003.pt", resumed_dir / "checkpoints")
+    resumed = run(compose_config("train", overrides), resumed_dir)
+    assert resumed == full
+    weights = [
+        torch.load(d / "checkpoints" / "step_00000006.pt", weights_only=True)["models"]["model"]
+        for d in (full_dir, resumed_dir)
+    ]
+    for key, value in weights[0].items():
+        assert torch.equal(value, weights[1][key]), key
