@@ -1,11 +1,7 @@
 """The real entry points (collect → train → eval) as a user runs them, resume, bad configs."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,23 +10,12 @@ from omegaconf import OmegaConf, open_dict
 from algo_distill.collect import validate as validate_collect
 from algo_distill.train import run, validate
 from tests.algo_distill.conftest import compose_config
-
-ROOT = Path(__file__).parents[2]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def _cli(*args, check=True):
-    result = subprocess.run(
-        [sys.executable, "-m", *args], cwd=ROOT, env=ENV, capture_output=True, text=True
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
-    return result
+from tests.entry_points import run_module
 
 
 def test_smoke_collect_train_eval(tmp_path):
     data, sweep = tmp_path / "data", tmp_path / "sweep"
-    out = _cli("algo_distill.collect", "experiment=smoke", f"hydra.run.dir={data}").stdout
+    out = run_module("algo_distill.collect", "experiment=smoke", f"hydra.run.dir={data}").stdout
     assert "8 learning histories" in out
     assert sorted(p.name for p in data.glob("*.npz")) == [
         "expert_00000.npz",
@@ -40,7 +25,7 @@ def test_smoke_collect_train_eval(tmp_path):
     ]
     for method in ("algorithm_distillation", "expert_distillation"):
         run_dir = sweep / method
-        _cli(
+        run_module(
             "algo_distill.train",
             "experiment=smoke",
             f"dataset={data}",
@@ -53,7 +38,7 @@ def test_smoke_collect_train_eval(tmp_path):
         assert "eval/return_last" in records[-1]
         assert (run_dir / "checkpoints" / "step_00000006.pt").exists()
 
-    out = _cli(
+    out = run_module(
         "algo_distill.eval",
         f"runs={sweep}",
         "episodes=3",
@@ -68,13 +53,13 @@ def test_smoke_collect_train_eval(tmp_path):
 
 
 def test_bad_config_fails_before_any_work(tmp_path):
-    result = _cli(
+    result = run_module(
         "algo_distill.collect", "env.size=4", f"hydra.run.dir={tmp_path / 'c'}", check=False
     )
     assert result.returncode != 0
     assert "env.size=4 is not valid: an odd integer" in result.stderr
     assert not (tmp_path / "c" / "manifest.json").exists()
-    result = _cli(
+    result = run_module(
         "algo_distill.train", f"dataset={tmp_path}", f"hydra.run.dir={tmp_path / 't'}", check=False
     )
     assert "dataset=" in result.stderr and "a directory written by algo_distill.collect" in (

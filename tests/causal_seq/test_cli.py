@@ -1,10 +1,7 @@
 """The real entry points, as a user runs them, and exact resume."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,37 +9,28 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from causal_seq.train import run
+from tests.entry_points import run_module
 
 ROOT = Path(__file__).parents[2]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def _cli(*args, check=True):
-    result = subprocess.run(
-        [sys.executable, "-m", *args], cwd=ROOT, env=ENV, capture_output=True, text=True
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def test_smoke_train_then_eval(tmp_path):
     run_dir = tmp_path / "run"
-    _cli("causal_seq.train", "experiment=smoke", "task=grid", f"hydra.run.dir={run_dir}")
+    run_module("causal_seq.train", "experiment=smoke", "task=grid", f"hydra.run.dir={run_dir}")
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["type"] == "config"
     last = records[-1]
     assert last["step"] == 6 and 0.0 <= last["late_optimal/counterfactual"] <= 1.0
     assert (run_dir / "checkpoints" / "step_00000006.pt").exists()
 
-    out = _cli("causal_seq.eval", f"runs={run_dir}", "episodes=32").stdout
+    out = run_module("causal_seq.eval", f"runs={run_dir}", "episodes=32").stdout
     assert "| grid | gru counterfactual |" in out and "| grid | gru factual |" in out
     for name in ("results.md", "grid_optimal.png", "grid_regret.png", "grid_belief.png"):
         assert (run_dir / "eval" / name).exists()
 
 
 def test_bad_config_fails_before_training(tmp_path):
-    result = _cli(
+    result = run_module(
         "causal_seq.train",
         "task=bandit",
         "task.horizon=0",
@@ -91,7 +79,7 @@ def test_resume_refuses_a_different_run(tmp_path):
 def test_torchrun_two_processes(tmp_path):
     """Data-parallel training with two gloo processes (what torchrun does on several GPUs)."""
     run_dir = tmp_path / "ddp"
-    _cli(
+    run_module(
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node=2",

@@ -1,29 +1,17 @@
 """The real entry points, as a user runs them: smoke training, evaluation, errors, determinism."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from gmom_ppo.train import run
+from tests.entry_points import run_module
 
 ROOT = Path(__file__).parents[2]
 CONF = str(ROOT / "gmom_ppo" / "conf")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def _cli(*args, check=True):
-    result = subprocess.run(
-        [sys.executable, "-m", *args], cwd=ROOT, env=ENV, capture_output=True, text=True
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def _records(run_dir):
@@ -39,7 +27,9 @@ def _cfg(overrides):
 def test_smoke_train_then_eval(tmp_path):
     sweep = tmp_path / "sweep"
     for algo in ("ppo", "gmom"):
-        _cli("gmom_ppo.train", "experiment=smoke", f"algo={algo}", f"hydra.run.dir={sweep / algo}")
+        run_module(
+            "gmom_ppo.train", "experiment=smoke", f"algo={algo}", f"hydra.run.dir={sweep / algo}"
+        )
     records = _records(sweep / "gmom")
     assert records[0]["type"] == "config"
     iterations = [r for r in records if "iteration" in r]
@@ -50,14 +40,16 @@ def test_smoke_train_then_eval(tmp_path):
     assert all(r["kurtosis/actor_grad_norm"] == r["kurtosis/actor_grad_norm"] for r in probes)
     assert (sweep / "gmom" / "checkpoints" / "step_00000002.pt").exists()
 
-    out = _cli("gmom_ppo.eval", f"runs={sweep}").stdout
+    out = run_module("gmom_ppo.eval", f"runs={sweep}").stdout
     assert "| Hopper-v5 | ppo | 1 | 256 |" in out and "| Hopper-v5 | gmom | 1 | 256 |" in out
     for name in ("returns", "kurtosis_vs_step", "kurtosis_vs_epoch"):
         assert (sweep / "eval" / f"Hopper-v5_{name}.png").exists()
 
 
 def test_bad_env_id_fails_before_training(tmp_path):
-    result = _cli("gmom_ppo.train", "env.id=Hoper-v5", f"hydra.run.dir={tmp_path}", check=False)
+    result = run_module(
+        "gmom_ppo.train", "env.id=Hoper-v5", f"hydra.run.dir={tmp_path}", check=False
+    )
     assert result.returncode != 0
     assert "env.id='Hoper-v5' is not valid: a registered gymnasium id" in result.stderr
     assert "Hopper-v5" in result.stderr  # suggested as a close match
