@@ -31,7 +31,7 @@ from algo_distill.model import build_model, configure_optimizer, warmup_cosine
 from algo_distill.rollout import in_context_rollout
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from common.device import resolve_device
-from common.logging import WANDB_MODES, RunLogger
+from common.logging import WANDB_MODES, open_run
 from common.seeding import seed_everything
 
 METHODS = {"algorithm_distillation": "learning", "expert_distillation": "expert"}
@@ -119,21 +119,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             )
         generator.set_state(extra["generator"])
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
         cfg.env = env  # the dataset's environment, for eval
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    logger = RunLogger(
-        run_dir,
-        config=OmegaConf.to_container(cfg, resolve=True) if start == 0 else None,
-        console_every=cfg.logging.console_every,
-        tensorboard=cfg.logging.tensorboard,
-        wandb_mode=cfg.logging.wandb_mode,
-        wandb_project="algo_distill",
-        run_name=run_dir.name,
-    )
-    if checkpoint is not None:
-        logger.log(start, {"resumed_from": str(checkpoint)}, console=True)
+    logger = open_run(run_dir, cfg, project="algo_distill", step=start, resumed_from=checkpoint)
     flops_per_token = model.flops_per_token()
 
     metrics: dict[str, float] = {}

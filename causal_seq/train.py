@@ -36,7 +36,7 @@ from common.distributed import (
     unwrap,
     wrap_ddp,
 )
-from common.logging import WANDB_MODES, RunLogger
+from common.logging import WANDB_MODES, open_run
 from common.seeding import seed_everything
 
 TEACHING = ("factual", "counterfactual")
@@ -161,21 +161,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             )
         generator.set_state(extra["generator"][dist.rank])
 
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    logger = RunLogger(
+    logger = open_run(
         run_dir,
-        config=OmegaConf.to_container(cfg, resolve=True) if start == 0 else None,
+        cfg,
+        project="causal_seq",
+        step=start,
+        resumed_from=checkpoint,
         enabled=dist.is_main,
-        console_every=cfg.logging.console_every,
-        tensorboard=cfg.logging.tensorboard,
-        wandb_mode=cfg.logging.wandb_mode,
-        wandb_project="causal_seq",
-        run_name=run_dir.name,
     )
-    if checkpoint is not None and dist.is_main:
-        logger.log(start, {"resumed_from": str(checkpoint)}, console=True)
 
     metrics: dict[str, float] = {}
     episodes_done, clock = 0, time.perf_counter()

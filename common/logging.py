@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 WANDB_MODES = ("disabled", "offline", "online")
 
 log = logging.getLogger("seqcontrol")
@@ -117,3 +119,35 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
     return [r for r in records if r.get("type") == "metrics"]
+
+
+def open_run(
+    run_dir: str | Path,
+    cfg: DictConfig,
+    *,
+    project: str,
+    step: int,
+    resumed_from: str | Path | None = None,
+    enabled: bool = True,
+) -> RunLogger:
+    """Start (or resume) a run's logging from its Hydra config: write the resolved config to
+    `run_dir/config.yaml` (what eval reads), open a `RunLogger` set by `cfg.logging`
+    (console_every, tensorboard, wandb_mode), log the config at a fresh start and the
+    checkpoint at a resume. `enabled=False` (ranks other than 0) writes nothing."""
+    run_dir = Path(run_dir)
+    if enabled:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    logger = RunLogger(
+        run_dir,
+        config=OmegaConf.to_container(cfg, resolve=True) if resumed_from is None else None,
+        enabled=enabled,
+        console_every=cfg.logging.console_every,
+        tensorboard=cfg.logging.tensorboard,
+        wandb_mode=cfg.logging.wandb_mode,
+        wandb_project=project,
+        run_name=run_dir.name,
+    )
+    if resumed_from is not None:
+        logger.log(step, {"resumed_from": str(resumed_from)}, console=True)
+    return logger

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from common.logging import WANDB_MODES, RunLogger
+from common.logging import WANDB_MODES, open_run
 from common.seeding import seed_everything
 from gmom_ppo.diagnostics import (
     GROUPS,
@@ -186,19 +186,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         if rew_norm is not None:
             rew_norm.rms.load_state_dict(extra["return_rms"])
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    logger = RunLogger(
-        run_dir,
-        config=OmegaConf.to_container(cfg, resolve=True) if start == 0 else None,
-        console_every=cfg.logging.console_every,
-        tensorboard=cfg.logging.tensorboard,
-        wandb_mode=cfg.logging.wandb_mode,
-        wandb_project="gmom_ppo",
-        run_name=run_dir.name,
-    )
-    if checkpoint is not None:
-        logger.log(global_step, {"resumed_from": str(checkpoint)}, console=True)
+    logger = open_run(run_dir, cfg, project="gmom_ppo", step=global_step, resumed_from=checkpoint)
 
     # Rollout storage, preallocated once (time-major: step × env).
     obs_buf = torch.zeros(p.num_steps, num_envs, obs_dim)

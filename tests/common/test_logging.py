@@ -36,3 +36,23 @@ def test_tensor_metrics_become_numbers(tmp_path):
 def test_bad_wandb_mode_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="wandb_mode='sometimes'"):
         RunLogger(tmp_path, wandb_mode="sometimes")
+
+
+def test_open_run_writes_config_and_marks_a_resume(tmp_path):
+    from omegaconf import OmegaConf
+
+    from common.logging import open_run
+
+    cfg = OmegaConf.create(
+        {"lr": 0.1, "logging": {"console_every": 1, "tensorboard": False, "wandb_mode": "disabled"}}
+    )
+    with open_run(tmp_path, cfg, project="p", step=0) as logger:
+        logger.log(1, {"loss": 1.0})
+    assert OmegaConf.load(tmp_path / "config.yaml").lr == 0.1
+    with open_run(tmp_path, cfg, project="p", step=5, resumed_from="ckpt.pt") as logger:
+        logger.log(6, {"loss": 0.5})
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["type"] for r in lines] == ["config", "metrics", "metrics", "metrics"]
+    assert lines[2]["step"] == 5 and lines[2]["resumed_from"] == "ckpt.pt"
+    open_run(tmp_path / "other", cfg, project="p", step=0, enabled=False).close()
+    assert not (tmp_path / "other").exists()
