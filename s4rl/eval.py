@@ -1,0 +1,239 @@
+"""Evaluate and summarise s4rl runs: frozen-weight rollouts, results table and plots.
+
+    python -m s4rl.eval runs=runs/s4rl/small      # a sweep, or one run directory
+
+For every run (a directory with config.yaml, metrics.jsonl and a checkpoint) the final weights
+are rolled out on fresh episodes (`episodes` of them, greedy actions by default; meta tasks get
+`trials` trials per meta-episode, 32 as in the paper's evaluation) with the memory in its
+one-step mode. Written next to the runs in `eval/`: results.md / results.json (per task and
+model, mean ± std over seeds: final training return, evaluation return and success, env
+steps/s), `<task>_returns.png` (training return vs env steps), `success_vs_memory_length.png`
+(the memory-length study, §5.1) and `<task>_trials.png` (meta-RL: return of each trial of a
+meta-episode vs the trial's index, §5.3).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import hydra
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from common.checkpoint import latest_checkpoint, load_checkpoint
+from common.logging import read_metrics
+from common.plotting import plot_curves, save
+from s4rl.envs import make_env
+from s4rl.train import build_agent
+
+MODEL_ORDER = ("s5", "s5_noreset", "lstm", "gru", "transformer")
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Run directories under `root` (itself included) holding a config and metrics."""
+    return sorted(
+        p.parent for p in root.rglob("metrics.jsonl") if (p.parent / "config.yaml").exists()
+    )
+
+
+@torch.no_grad()
+def rollout(cfg: DictConfig, run_dir: Path, episodes: int, trials: int, greedy: bool) -> dict:
+    """Roll the run's final weights out on `episodes` fresh episodes (meta-episodes), all in
+    parallel; returns mean return, success (memory task) and the mean return per trial index."""
+    task = cfg.task.copy()
+    if task.name == "meta_cartpole":
+        with open_dict(task):
+            task.trials = trials
+    env = make_env(task, episodes, cfg.seed + 10_000)  # seeds unseen in training
+    agent = build_agent(cfg, env)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint to evaluate")
+    load_checkpoint(checkpoint, models={"agent": agent}, restore_rng=False)
+    agent.eval()
+    torch.manual_seed(cfg.seed)
+    obs = torch.as_tensor(env.reset())
+    reset = torch.ones(episodes, dtype=torch.bool)
+    state = agent.initial_state(episodes)
+    finished = np.zeros(episodes, dtype=bool)
+    returns = np.full(episodes, np.nan)
+    success = np.full(episodes, np.nan)
+    trial_returns: dict[int, list[float]] = defaultdict(list)
+    for _ in range(env.max_episode_steps * max(1, task.get("trials", 1)) + 1):
+        dist, _, state = agent.step(obs, reset, state)
+        if greedy:
+            action = dist.probs.argmax(-1) if agent.discrete else dist.mean
+        else:
+            action = dist.sample()
+        next_obs, _, done, info = env.step(action.numpy())
+        first = done & ~finished
+        returns[first] = info["episode_return"][first]
+        if "success" in info:
+            success[first] = info["success"][first]
+        if "trial_return" in info:
+            live = ~finished & ~np.isnan(info["trial_return"])
+            for index, value in zip(
+                info["trial_index"][live], info["trial_return"][live], strict=True
+            ):
+                trial_returns[int(index)].append(float(value))
+        finished |= done
+        if finished.all():
+            break
+        obs, reset = torch.as_tensor(next_obs), torch.as_tensor(done)
+    env.close()
+    result = {"eval_return": float(np.nanmean(returns)), "eval_episodes": int(finished.sum())}
+    if not np.isnan(success).all():
+        result["eval_success"] = float(np.nanmean(success))
+    if trial_returns:
+        result["trial_returns"] = [float(np.mean(trial_returns[i])) for i in sorted(trial_returns)]
+    return result
+
+
+def load_run(run_dir: Path, ecfg: DictConfig) -> dict:
+    """Training curve, final training return, speed and frozen-weight evaluation of one run."""
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "iteration" in r]
+    if not records:
+        raise ValueError(f"{run_dir} has no completed iteration in metrics.jsonl")
+    curve = [(r["step"], r["episodic_return"]) for r in records if "episodic_return" in r]
+    steps = np.array([s for s, _ in curve], dtype=float)
+    values = np.array([v for _, v in curve], dtype=float)
+    last = records[-1]["step"]
+    tail = steps >= (1.0 - ecfg.final_fraction) * last
+    run = {
+        "dir": str(run_dir),
+        "task": cfg.task.label,
+        "model": cfg.model.label,
+        "seed": cfg.seed,
+        "steps": last,
+        "memory_length": cfg.task.get("memory_length"),
+        "curve": (steps, values),
+        "final_return": float(values[tail].mean()) if tail.any() else float("nan"),
+        "steps_per_s": float(np.median([r["steps_per_s"] for r in records])),
+    }
+    run.update(rollout(cfg, run_dir, ecfg.episodes, ecfg.trials, ecfg.greedy))
+    return run
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+
+
+def summarise(runs: list[dict], out_dir: Path, grid_points: int) -> str:
+    """Write results.md/json and the plots; return the markdown table."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in runs:
+        groups[(r["task"], r["model"])].append(r)
+    order = {m: i for i, m in enumerate(MODEL_ORDER)}
+
+    def sort_key(key):
+        task, model = key
+        length = groups[key][0]["memory_length"] or 0
+        return (task.rstrip("0123456789"), length, task, order.get(model, 99), model)
+
+    header = (
+        "| task | model | seeds | steps | final train return | eval return | eval success "
+        "| env steps/s |\n|---|---|---|---|---|---|---|---|"
+    )
+    lines, table = [header], {}
+    for key in sorted(groups, key=sort_key):
+        rs = groups[key]
+        success = [r["eval_success"] for r in rs if "eval_success" in r]
+        lines.append(
+            f"| {key[0]} | {key[1]} | {len(rs)} | {max(r['steps'] for r in rs):,} | "
+            f"{_mean_std([r['final_return'] for r in rs])} | "
+            f"{_mean_std([r['eval_return'] for r in rs])} | {_mean_std(success)} | "
+            f"{np.mean([r['steps_per_s'] for r in rs]):,.0f} |"
+        )
+        table[f"{key[0]}/{key[1]}"] = {
+            "seeds": [r["seed"] for r in rs],
+            "final_return": [r["final_return"] for r in rs],
+            "eval_return": [r["eval_return"] for r in rs],
+            "eval_success": success,
+            "trial_returns": [r["trial_returns"] for r in rs if "trial_returns" in r],
+            "steps_per_s": [r["steps_per_s"] for r in rs],
+        }
+    markdown = "\n".join(lines)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.md").write_text(markdown + "\n")
+    (out_dir / "results.json").write_text(json.dumps(table, indent=2))
+
+    for task in sorted({t for t, _ in groups}):
+        curves, grid = {}, None
+        for (t, model), rs in sorted(groups.items(), key=lambda kv: order.get(kv[0][1], 99)):
+            rs = [r for r in rs if len(r["curve"][0])]  # runs that finished an episode
+            if t != task or not rs:
+                continue
+            end = min(r["steps"] for r in rs)
+            grid = np.linspace(0, end, grid_points)
+            curves[model] = np.stack([np.interp(grid, *r["curve"]) for r in rs])
+        if not curves:
+            continue
+        plot_curves(
+            curves,
+            out_dir / f"{task}_returns.png",
+            x=grid,
+            xlabel="environment steps",
+            ylabel="training episodic return",
+            title=task,
+        )
+
+    memory = [r for r in runs if r["memory_length"] is not None and "eval_success" in r]
+    if memory:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        by_model = defaultdict(lambda: defaultdict(list))
+        for r in memory:
+            by_model[r["model"]][r["memory_length"]].append(r["eval_success"])
+        for model in sorted(by_model, key=lambda m: order.get(m, 99)):
+            lengths = sorted(by_model[model])
+            means = [np.mean(by_model[model][n]) for n in lengths]
+            stds = [np.std(by_model[model][n]) for n in lengths]
+            ax.errorbar(lengths, means, yerr=stds, marker="o", capsize=3, label=model)
+        ax.set_xscale("log")
+        ax.set_xlabel("memory length N")
+        ax.set_ylabel("success (frozen weights, greedy)")
+        ax.set_ylim(0.4, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        save(fig, out_dir / "success_vs_memory_length.png")
+
+    for task in sorted({r["task"] for r in runs if "trial_returns" in r}):
+        curves = {
+            model: np.array([r["trial_returns"] for r in rs])
+            for (t, model), rs in groups.items()
+            if t == task and all("trial_returns" in r for r in rs)
+        }
+        trials = next(iter(curves.values())).shape[1]
+        plot_curves(
+            curves,
+            out_dir / f"{task}_trials.png",
+            x=np.arange(1, trials + 1),
+            xlabel="trial in the meta-episode",
+            ylabel="trial return",
+            title=task,
+        )
+    return markdown
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    root = Path(cfg.runs)
+    run_dirs = [d for d in find_runs(root) if d.name != "eval"]
+    if not run_dirs:
+        raise FileNotFoundError(f"no runs (config.yaml + metrics.jsonl) under {root}")
+    torch.set_num_threads(cfg.threads)
+    runs = [load_run(d, cfg) for d in run_dirs]
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    print(summarise(runs, out_dir, cfg.grid_points))
+    print(f"[s4rl.eval] {len(runs)} runs; table, json and plots in {out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The real entry points as a user runs them (smoke tier), config composition, validation,
+resume, and GAE against a hand computation."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from s4rl.train import compute_gae, validate
+from tests.entry_points import run_module
+
+CONF = str(Path(__file__).parents[2] / "s4rl" / "conf")
+MODELS = ("s5", "s5_noreset", "lstm", "gru", "transformer")
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def _iterations(run_dir: Path) -> list[dict]:
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if "iteration" in r]
+
+
+def test_smoke_train_every_model_then_eval(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_module(
+        "s4rl.train",
+        "-m",
+        "experiment=smoke",
+        f"model={','.join(MODELS)}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    for model in MODELS:
+        run_dir = sweep / f"memory10-{model}-seed1"
+        iterations = _iterations(run_dir)
+        assert [r["step"] for r in iterations] == [256 * (i + 1) for i in range(8)]
+        assert all(r["success"] == r["success"] for r in iterations if "success" in r)
+        assert (run_dir / "checkpoints" / "step_00000008.pt").exists()
+    out = run_module("s4rl.eval", f"runs={sweep}", "episodes=16").stdout
+    for model in MODELS:
+        assert f"| memory10 | {model} | 1 | 2,048 |" in out
+    assert (sweep / "eval" / "success_vs_memory_length.png").exists()
+    assert (sweep / "eval" / "memory10_returns.png").exists()
+
+
+def test_smoke_popgym_and_meta_tasks(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_module(
+        "s4rl.train",
+        "-m",
+        "experiment=smoke",
+        "task=repeat_previous,meta_cartpole",
+        "model=s5",
+        f"hydra.sweep.dir={sweep}",
+    )
+    run_module(
+        "s4rl.train",
+        "experiment=smoke",
+        "task=meta_dmc",
+        "task.episode_steps=16",
+        "num_envs=2",
+        "ppo.num_minibatches=1",
+        "total_steps=128",
+        f"hydra.run.dir={sweep / 'dmc'}",
+    )
+    assert len(_iterations(sweep / "RepeatPreviousEasy-s5-seed1")) == 8
+    assert len(_iterations(sweep / "meta_cartpole-s5-seed1")) == 8
+    assert _iterations(sweep / "dmc")[-1]["step"] == 128
+    out = run_module("s4rl.eval", f"runs={sweep}", "episodes=4", "trials=3").stdout
+    assert "| meta_cartpole | s5 | 1 |" in out and "| RepeatPreviousEasy | s5 | 1 |" in out
+    assert (sweep / "eval" / "meta_cartpole_trials.png").exists()
+
+
+def test_rerun_resumes_and_a_different_config_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["s4rl.train", "experiment=smoke", "model=gru", f"hydra.run.dir={run_dir}"]
+    run_module(*args, "total_steps=1024")
+    assert len(_iterations(run_dir)) == 4
+    run_module(*args, "total_steps=1024")  # finished: resumes at the end, trains nothing
+    assert len(_iterations(run_dir)) == 4
+    bad = run_module(*args, "total_steps=1024", "ppo.lr=0.1", check=False)
+    assert bad.returncode != 0 and "was written by a run with" in bad.stderr
+
+
+@pytest.mark.parametrize("experiment", ["smoke", "small", "small_popgym", "paper", "paper_meta"])
+@pytest.mark.parametrize("model", MODELS)
+def test_every_tier_composes_and_validates(experiment, model):
+    validate(_compose([f"experiment={experiment}", f"model={model}"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.state_size=10", "model.state_size=10 is not valid: a multiple of 2·model.blocks"),
+        ("ppo.num_minibatches=3", "ppo.num_minibatches=3 is not valid: a divisor of num_envs"),
+        ("model.scan=fast", "model.scan='fast' is not valid"),
+        ("ppo.gamma=1.5", "ppo.gamma=1.5 is not valid"),
+        ("total_steps=10", "total_steps=10 is not valid: >= one rollout"),
+        ("logging.wandb_mode=cloud", "logging.wandb_mode='cloud' is not valid"),
+    ],
+)
+def test_bad_config_names_the_field(override, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate(_compose([override]))
+
+
+def test_bad_task_fails_before_training(tmp_path):
+    result = run_module(
+        "s4rl.train",
+        "task=repeat_previous",
+        "task.env_id=popgym-Nope-v0",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        check=False,
+    )
+    assert result.returncode != 0 and "popgym-Nope-v0" in result.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_gae_against_a_hand_computation():
+    """Two envs, three steps; env 0's episode ends at t=1 (no bootstrap through it)."""
+    gamma, lam = 0.9, 0.5
+    rewards = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.1], [0.2, 0.2], [0.3, 0.3]])
+    dones = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    next_value = torch.tensor([0.4, 0.5])
+    adv, ret = compute_gae(rewards, values, dones, next_value, gamma, lam)
+    # env 0: δ2 = 0 + .9·.4 − .3 = .06; δ1 = 2 − .2 = 1.8 (done); δ0 = 1 + .9·.2 − .5 = .68
+    a2 = 0.06
+    a1 = 1.8
+    a0 = 0.68 + gamma * lam * a1
+    torch.testing.assert_close(adv[:, 0], torch.tensor([a0, a1, a2]))
+    # env 1: δ2 = 1 + .9·.5 − .3; δ1 = 0 + .9·.3 − .2; δ0 = 0 + .9·.2 − .1
+    d2, d1, d0 = 1 + 0.45 - 0.3, 0.27 - 0.2, 0.18 - 0.1
+    b2 = d2
+    b1 = d1 + gamma * lam * b2
+    b0 = d0 + gamma * lam * b1
+    torch.testing.assert_close(adv[:, 1], torch.tensor([b0, b1, b2]))
+    torch.testing.assert_close(ret, adv + values)
