@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PYTHON) -m bench.scan
 	$(PYTHON) -m bench.causal_seq
 	$(PYTHON) -m bench.gmom_ppo
+	$(PYTHON) -m bench.s4rl
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -3,9 +3,10 @@
     python -m s4rl.eval runs=runs/s4rl/small      # a sweep, or one run directory
 
 For every run (a directory with config.yaml, metrics.jsonl and a checkpoint) the final weights
-are rolled out on fresh episodes (`episodes` of them, greedy actions by default; meta tasks get
-`trials` trials per meta-episode, 32 as in the paper's evaluation) with the memory in its
-one-step mode. Written next to the runs in `eval/`: results.md / results.json (per task and
+are rolled out on fresh episodes (`episodes` of them, greedy actions by default; meta_cartpole
+gets `trials` trials per meta-episode, 32 as in the paper's evaluation; meta_dmc runs are rolled
+out on the `dmc_split` tasks, the held-out ones by default) with the memory in its one-step mode.
+Written next to the runs in `eval/`: results.md / results.json (per task and
 model, mean ± std over seeds: final training return, evaluation return and success, env
 steps/s), `<task>_returns.png` (training return vs env steps), `success_vs_memory_length.png`
 (the memory-length study, §5.1) and `<task>_trials.png` (meta-RL: return of each trial of a
@@ -42,13 +43,15 @@ def find_runs(root: Path) -> list[Path]:
 
 
 @torch.no_grad()
-def rollout(cfg: DictConfig, run_dir: Path, episodes: int, trials: int, greedy: bool) -> dict:
-    """Roll the run's final weights out on `episodes` fresh episodes (meta-episodes), all in
-    parallel; returns mean return, success (memory task) and the mean return per trial index."""
-    task = cfg.task.copy()
-    if task.name == "meta_cartpole":
-        with open_dict(task):
-            task.trials = trials
+def rollout(cfg: DictConfig, run_dir: Path, ecfg: DictConfig) -> dict:
+    """Roll the run's final weights out on `ecfg.episodes` fresh episodes (meta-episodes), all
+    in parallel; returns mean return, success (memory task) and the mean return per trial."""
+    task, episodes, greedy = cfg.task.copy(), ecfg.episodes, ecfg.greedy
+    with open_dict(task):
+        if task.name == "meta_cartpole":
+            task.trials = ecfg.trials
+        if task.name == "meta_dmc":
+            task.split = ecfg.dmc_split
     env = make_env(task, episodes, cfg.seed + 10_000)  # seeds unseen in training
     agent = build_agent(cfg, env)
     checkpoint = latest_checkpoint(run_dir)
@@ -64,7 +67,7 @@ def rollout(cfg: DictConfig, run_dir: Path, episodes: int, trials: int, greedy: 
     returns = np.full(episodes, np.nan)
     success = np.full(episodes, np.nan)
     trial_returns: dict[int, list[float]] = defaultdict(list)
-    for _ in range(env.max_episode_steps * max(1, task.get("trials", 1)) + 1):
+    for _ in range(env.max_episode_steps + 1):
         dist, _, state = agent.step(obs, reset, state)
         if greedy:
             action = dist.probs.argmax(-1) if agent.discrete else dist.mean
@@ -116,7 +119,7 @@ def load_run(run_dir: Path, ecfg: DictConfig) -> dict:
         "final_return": float(values[tail].mean()) if tail.any() else float("nan"),
         "steps_per_s": float(np.median([r["steps_per_s"] for r in records])),
     }
-    run.update(rollout(cfg, run_dir, ecfg.episodes, ecfg.trials, ecfg.greedy))
+    run.update(rollout(cfg, run_dir, ecfg))
     return run
 
 

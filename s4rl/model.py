@@ -89,6 +89,7 @@ class S5SSM(nn.Module):
         log_dt = torch.rand(lam.shape[0]) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         self.log_step = nn.Parameter(log_dt)
         self.state_size, self.resettable, self.scan = lam.shape[0], resettable, scan
+        self._cached_key, self._cached = None, None
 
     def discretize(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Λ̄ (P,), B̄ (P, H), C̃ (H, P)) by zero-order hold; Re Λ is kept ≤ −1e-4 (stable)."""
@@ -96,6 +97,16 @@ class S5SSM(nn.Module):
         lam_bar = torch.exp(lam * torch.exp(self.log_step))
         b_bar = ((lam_bar - 1) / lam)[:, None] * torch.complex(self.b_re, self.b_im)
         return lam_bar, b_bar, torch.complex(self.c_re, self.c_im)
+
+    def discretized(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`discretize()`, computed once while no gradient is needed (acting step by step) and
+        again only after a parameter changes (an optimiser step bumps its version counter)."""
+        if torch.is_grad_enabled():
+            return self.discretize()
+        key = [(p.data_ptr(), p._version) for p in self.parameters()]
+        if key != self._cached_key:
+            self._cached_key, self._cached = key, self.discretize()
+        return self._cached
 
     def initial_state(self, batch: int) -> torch.Tensor:
         dtype = torch.complex(self.d, self.d).dtype
@@ -105,7 +116,7 @@ class S5SSM(nn.Module):
         self, u: torch.Tensor, reset: torch.Tensor, state: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """u (B, T, H) → y (B, T, H) with ONE scan over the batch, episode starts included."""
-        lam_bar, b_bar, c_tilde = self.discretize()
+        lam_bar, b_bar, c_tilde = self.discretized()
         bu = u.to(b_bar.dtype) @ b_bar.T  # (B, T, P)
         a = lam_bar.expand_as(bu)
         reset = reset if self.resettable else None
@@ -119,7 +130,7 @@ class S5SSM(nn.Module):
         self, u: torch.Tensor, reset: torch.Tensor, state: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """u (B, H): one recurrence step."""
-        lam_bar, b_bar, c_tilde = self.discretize()
+        lam_bar, b_bar, c_tilde = self.discretized()
         if self.resettable:
             state = torch.where(reset[:, None], torch.zeros_like(state), state)
         x = lam_bar * state + u.to(b_bar.dtype) @ b_bar.T
@@ -234,13 +245,13 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         n, length, width = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(n, length, 3, self.heads, -1).unbind(2)
+        # (3, N, heads, L, head_dim): the (B, H, T, D) layout of common attention and SDPA.
+        q, k, v = self.qkv(self.norm1(x)).view(n, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         if mask is None:
             y = attention(q, k, v, causal=True)
         else:
-            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
-        x = x + self.proj(y.reshape(n, length, width))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.proj(y.transpose(1, 2).reshape(n, length, width))
         return x + self.mlp(self.norm2(x))
 
 

@@ -177,3 +177,36 @@ def test_bad_core_config_is_rejected():
         build_core(OmegaConf.create({"name": "mamba", "width": 8, "layers": 1}))
     with pytest.raises(ValueError, match="state_size"):
         make_core("s5", state_size=10, blocks=2)
+
+
+def test_s5_discretisation_cache_follows_parameter_updates():
+    """Acting reuses Λ̄, B̄ under no_grad; an optimiser step must invalidate them."""
+    core = make_core("s5", layers=1)
+    x = torch.randn(2, WIDTH, dtype=torch.float64)
+    reset = torch.zeros(2, dtype=torch.bool)
+    state = core.initial_state(2)
+    with torch.no_grad():
+        before, _ = core.step(x, reset, state)
+    optimizer = torch.optim.SGD(core.parameters(), lr=0.1)
+    y, _ = core(x[:, None], reset[:, None], state)
+    y.sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        after, _ = core.step(x, reset, state)
+    expected, _ = core(x[:, None], reset[:, None], state)  # grad enabled: recomputed
+    torch.testing.assert_close(after, expected[:, 0].detach())
+    assert (after - before).abs().max() > 1e-6
+
+
+def test_transformer_block_full_context_path_is_causal_attention():
+    """mask=None (common attention, causal) = an explicit lower-triangular SDPA mask."""
+    from s4rl.model import TransformerBlock
+
+    torch.manual_seed(7)
+    block = TransformerBlock(64, 2).double()
+    x = torch.randn(3, 9, 64, dtype=torch.float64)
+    causal = torch.tril(torch.ones(9, 9, dtype=torch.bool))
+    torch.testing.assert_close(block(x), block(x, causal.expand(3, 1, 9, 9)))
+    changed = x.clone()
+    changed[:, -1] += 1.0
+    torch.testing.assert_close(block(changed)[:, :-1], block(x)[:, :-1])  # no peeking ahead
