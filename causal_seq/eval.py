@@ -29,15 +29,10 @@ from causal_seq.data import Trajectory, rollout, sample_theta, token_dim
 from causal_seq.model import build_model
 from causal_seq.train import build_task, model_config
 from common.checkpoint import latest_checkpoint, load_checkpoint
+from common.logging import find_runs
 from common.plotting import plot_curves, save
 
 EXPERT, POSTERIOR = "expert (knows θ)", "Thompson sampling (exact posterior)"
-
-
-def find_runs(root: Path) -> list[Path]:
-    """Run directories under `root` (itself included) that hold a config and a checkpoint."""
-    runs = [p.parent for p in root.rglob("config.yaml")]
-    return sorted(r for r in runs if latest_checkpoint(r) is not None)
 
 
 def summarise(traj: Trajectory, expert: Trajectory, late_steps: int) -> dict:
@@ -195,7 +190,7 @@ def make_plots(table: dict[str, dict[str, dict]], out: Path) -> list[Path]:
 
 
 def evaluate(root: Path, out: Path, episodes: int, seed: int, late_fraction: float) -> dict:
-    runs = find_runs(root)
+    runs = [r for r in find_runs(root) if latest_checkpoint(r) is not None]
     if not runs:
         raise FileNotFoundError(f"no run with a checkpoint under {root}")
     results = [

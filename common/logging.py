@@ -151,3 +151,11 @@ def open_run(
     if resumed_from is not None:
         logger.log(step, {"resumed_from": str(resumed_from)}, console=True)
     return logger
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Run directories under `root` (itself included) started by `open_run`: a config.yaml
+    next to a metrics.jsonl. What every paper's eval reads."""
+    return sorted(
+        p.parent for p in Path(root).rglob("metrics.jsonl") if (p.parent / "config.yaml").exists()
+    )

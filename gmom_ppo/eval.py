@@ -23,7 +23,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from common.logging import read_metrics
+from common.logging import find_runs, read_metrics
 from common.plotting import plot_curves, save
 
 KURTOSIS = (
@@ -36,13 +36,6 @@ KURTOSIS = (
 )
 ORDER = ("ppo", "ppo_noclip", "gmom")
 STEP_EPOCH = {"kurtosis/ratio": -1}  # epoch shown vs training step (default 0: update start)
-
-
-def find_runs(root: Path) -> list[Path]:
-    """Run directories under `root` (itself included) holding a config and metrics."""
-    return sorted(
-        p.parent for p in root.rglob("metrics.jsonl") if (p.parent / "config.yaml").exists()
-    )
 
 
 def load_run(run_dir: Path, final_fraction: float) -> dict:

@@ -3,7 +3,8 @@
     python -m s4rl.eval runs=runs/s4rl/small      # a sweep, or one run directory
 
 For every run (a directory with config.yaml, metrics.jsonl and a checkpoint) the final weights
-are rolled out on fresh episodes (`episodes` of them, greedy actions by default; meta_cartpole
+are rolled out on fresh episodes (`episodes` environments × `episodes_per_env` episodes in a
+row, the memory carried through them as in training; greedy actions by default; meta_cartpole
 gets `trials` trials per meta-episode, 32 as in the paper's evaluation; meta_dmc runs are rolled
 out on the `dmc_split` tasks, the held-out ones by default) with the memory in its one-step mode.
 Written next to the runs in `eval/`: results.md / results.json (per task and
@@ -27,7 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.checkpoint import latest_checkpoint, load_checkpoint
-from common.logging import read_metrics
+from common.logging import find_runs, read_metrics
 from common.plotting import plot_curves, save
 from s4rl.envs import make_env
 from s4rl.train import build_agent
@@ -35,17 +36,11 @@ from s4rl.train import build_agent
 MODEL_ORDER = ("s5", "s5_noreset", "lstm", "gru", "transformer")
 
 
-def find_runs(root: Path) -> list[Path]:
-    """Run directories under `root` (itself included) holding a config and metrics."""
-    return sorted(
-        p.parent for p in root.rglob("metrics.jsonl") if (p.parent / "config.yaml").exists()
-    )
-
-
 @torch.no_grad()
 def rollout(cfg: DictConfig, run_dir: Path, ecfg: DictConfig) -> dict:
-    """Roll the run's final weights out on `ecfg.episodes` fresh episodes (meta-episodes), all
-    in parallel; returns mean return, success (memory task) and the mean return per trial."""
+    """Roll the run's final weights out on `ecfg.episodes` environments in parallel, each for
+    `ecfg.episodes_per_env` episodes (meta-episodes) in a row; returns mean return, success
+    (memory task) and the mean return per trial index (meta tasks)."""
     task, episodes, greedy = cfg.task.copy(), ecfg.episodes, ecfg.greedy
     with open_dict(task):
         if task.name == "meta_cartpole":
@@ -63,35 +58,38 @@ def rollout(cfg: DictConfig, run_dir: Path, ecfg: DictConfig) -> dict:
     obs = torch.as_tensor(env.reset())
     reset = torch.ones(episodes, dtype=torch.bool)
     state = agent.initial_state(episodes)
-    finished = np.zeros(episodes, dtype=bool)
-    returns = np.full(episodes, np.nan)
-    success = np.full(episodes, np.nan)
+    # Each environment runs `episodes_per_env` episodes in a row, the memory stepping through
+    # them as in training (so a model without resets sees its state leak between them).
+    repeats = ecfg.episodes_per_env
+    count = np.zeros(episodes, dtype=np.int64)
+    returns, success = [], []
     trial_returns: dict[int, list[float]] = defaultdict(list)
-    for _ in range(env.max_episode_steps + 1):
+    for _ in range((env.max_episode_steps + 1) * repeats):
         dist, _, state = agent.step(obs, reset, state)
         if greedy:
             action = dist.probs.argmax(-1) if agent.discrete else dist.mean
         else:
             action = dist.sample()
         next_obs, _, done, info = env.step(action.numpy())
-        first = done & ~finished
-        returns[first] = info["episode_return"][first]
+        live = count < repeats
+        counted = done & live
+        returns.extend(info["episode_return"][counted].tolist())
         if "success" in info:
-            success[first] = info["success"][first]
+            success.extend(info["success"][counted].tolist())
         if "trial_return" in info:
-            live = ~finished & ~np.isnan(info["trial_return"])
+            ended = live & ~np.isnan(info["trial_return"])
             for index, value in zip(
-                info["trial_index"][live], info["trial_return"][live], strict=True
+                info["trial_index"][ended], info["trial_return"][ended], strict=True
             ):
                 trial_returns[int(index)].append(float(value))
-        finished |= done
-        if finished.all():
+        count += done
+        if (count >= repeats).all():
             break
         obs, reset = torch.as_tensor(next_obs), torch.as_tensor(done)
     env.close()
-    result = {"eval_return": float(np.nanmean(returns)), "eval_episodes": int(finished.sum())}
-    if not np.isnan(success).all():
-        result["eval_success"] = float(np.nanmean(success))
+    result = {"eval_return": float(np.mean(returns)), "eval_episodes": len(returns)}
+    if success:
+        result["eval_success"] = float(np.mean(success))
     if trial_returns:
         result["trial_returns"] = [float(np.mean(trial_returns[i])) for i in sorted(trial_returns)]
     return result
@@ -200,6 +198,9 @@ def summarise(runs: list[dict], out_dir: Path, grid_points: int) -> str:
             stds = [np.std(by_model[model][n]) for n in lengths]
             ax.errorbar(lengths, means, yerr=stds, marker="o", capsize=3, label=model)
         ax.set_xscale("log")
+        lengths = sorted({r["memory_length"] for r in memory})
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.minorticks_off()
         ax.set_xlabel("memory length N")
         ax.set_ylabel("success (frozen weights, greedy)")
         ax.set_ylim(0.4, 1.02)
@@ -228,7 +229,7 @@ def summarise(runs: list[dict], out_dir: Path, grid_points: int) -> str:
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     root = Path(cfg.runs)
-    run_dirs = [d for d in find_runs(root) if d.name != "eval"]
+    run_dirs = find_runs(root)
     if not run_dirs:
         raise FileNotFoundError(f"no runs (config.yaml + metrics.jsonl) under {root}")
     torch.set_num_threads(cfg.threads)

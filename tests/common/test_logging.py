@@ -56,3 +56,17 @@ def test_open_run_writes_config_and_marks_a_resume(tmp_path):
     assert lines[2]["step"] == 5 and lines[2]["resumed_from"] == "ckpt.pt"
     open_run(tmp_path / "other", cfg, project="p", step=0, enabled=False).close()
     assert not (tmp_path / "other").exists()
+
+
+def test_find_runs_lists_directories_started_by_open_run(tmp_path):
+    from common.logging import find_runs
+
+    for name in ("sweep/a", "sweep/b/nested", "sweep/no_metrics"):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "config.yaml").write_text("seed: 1\n")
+    for name in ("sweep/a", "sweep/b/nested"):
+        (tmp_path / name / "metrics.jsonl").write_text("")
+    (tmp_path / "sweep" / "eval").mkdir()
+    (tmp_path / "sweep" / "eval" / "metrics.jsonl").write_text("")  # no config: not a run
+    assert find_runs(tmp_path / "sweep") == [tmp_path / "sweep/a", tmp_path / "sweep/b/nested"]
+    assert find_runs(tmp_path / "sweep" / "a") == [tmp_path / "sweep/a"]
