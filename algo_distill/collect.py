@@ -69,6 +69,8 @@ def validate(cfg: DictConfig) -> None:
             _fail(f"source.{key}", source[key], "a probability in [0, 1]")
     if source.epsilon_decay_episodes <= 0:
         _fail("source.epsilon_decay_episodes", source.epsilon_decay_episodes, "a positive integer")
+    if not isinstance(source.backward_replay, bool):
+        _fail("source.backward_replay", source.backward_replay, "true or false")
 
 
 def q_learning(
@@ -78,8 +80,12 @@ def q_learning(
 
     Q(s, a) ← Q(s, a) + α [r + γ max_a' Q(s', a') − Q(s, a)]   (no bootstrap at the episode end)
     with ε-greedy actions, ε decaying linearly per episode, and optimistic initial values
-    `q_init`. The state s is (cell, reward phase of this episode): the phase comes from the
-    learner's own rewards, so the Dark Room Hard / Key-to-Door learners stay Markov.
+    `q_init`. With `source.backward_replay`, every episode's transitions are replayed once more
+    in reverse order when it ends (episodic backward update): a reward found in this episode
+    propagates back along the whole path at once instead of one step per visit, so the learner
+    exploits a goal from the next episode on and its learning fits in a few episodes.
+    The state s is (cell, reward phase of this episode): the phase comes from the learner's own
+    rewards, so the Dark Room Hard / Key-to-Door learners stay Markov.
     Returns the history arrays (N, num_episodes · episode_len) and returns (N, num_episodes).
     """
     n, length = env.num_envs, env.episode_len
@@ -93,6 +99,7 @@ def q_learning(
         obs, _ = env.reset(seed=int(rng.integers(2**31)))
         collected = np.zeros(n, dtype=np.int64)
         state = obs * env.num_phases
+        transitions = []
         for t in range(length):
             greedy = (q[rows, state] + 1e-6 * rng.random((n, NUM_ACTIONS))).argmax(1)
             explore = rng.random(n) < epsilon
@@ -100,12 +107,24 @@ def q_learning(
             next_obs, reward, _, truncated, _ = env.step(action)
             collected += reward.astype(np.int64)
             next_state = next_obs * env.num_phases + np.minimum(collected, env.num_phases - 1)
-            bootstrap = 0.0 if truncated[0] else source.gamma * q[rows, next_state].max(1)
-            q[rows, state, action] += source.alpha * (reward + bootstrap - q[rows, state, action])
+            transition = (state, action, reward, next_state, bool(truncated[0]))
+            q_update(q, transition, source)
+            transitions.append(transition)
             _record(history, episode * length + t, obs, action, reward, truncated)
             returns[:, episode] += reward
             obs, state = next_obs, next_state
+        if source.backward_replay:
+            for transition in reversed(transitions):
+                q_update(q, transition, source)
     return {**history, "returns": returns}
+
+
+def q_update(q: np.ndarray, transition: tuple, source: DictConfig) -> None:
+    """One Q-learning step for every learner: Q(s, a) += α [r + γ max_a' Q(s', a') − Q(s, a)]."""
+    state, action, reward, next_state, last = transition
+    rows = np.arange(len(q))
+    bootstrap = 0.0 if last else source.gamma * q[rows, next_state].max(1)
+    q[rows, state, action] += source.alpha * (reward + bootstrap - q[rows, state, action])
 
 
 def expert_rollouts(

@@ -31,16 +31,11 @@ from algo_distill.model import AlgorithmDistillationTransformer, build_model
 from algo_distill.rollout import in_context_rollout
 from algo_distill.train import eval_env
 from common.checkpoint import latest_checkpoint, load_checkpoint
+from common.logging import find_runs
 from common.plotting import plot_curves, save
 
 SOURCE, OPTIMAL = "source Q-learning", "optimal policy"
 LABELS = {"algorithm_distillation": "AD", "expert_distillation": "ED"}
-
-
-def find_runs(root: Path) -> list[Path]:
-    """Training run directories under `root` (itself included): a config and a checkpoint."""
-    runs = [p.parent for p in root.rglob("config.yaml")]
-    return sorted(r for r in runs if latest_checkpoint(r) is not None)
 
 
 def load_run(run_dir: Path) -> tuple[DictConfig, AlgorithmDistillationTransformer, int]:
@@ -159,7 +154,7 @@ def make_plots(
 
 
 def evaluate(root: Path, out: Path, cfg: DictConfig) -> dict:
-    runs = find_runs(root)
+    runs = [r for r in find_runs(root) if latest_checkpoint(r) is not None]
     if not runs:
         raise FileNotFoundError(f"no training run with a checkpoint under {root}")
     results = [

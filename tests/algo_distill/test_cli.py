@@ -95,7 +95,7 @@ def test_bad_train_values_name_the_field(smoke_dataset, key, value, message):
     ("key", "value", "message"),
     [
         ("env.name", "watermaze", "env.name='watermaze' is not valid: allowed:"),
-        ("env.num_eval_tasks", 25, "env.num_eval_tasks=25 is not valid: an integer in [1, 24]"),
+        ("env.num_eval_tasks", 49, "env.num_eval_tasks=49 is not valid: an integer in [1, 48]"),
         ("source.gamma", 1.0, "source.gamma=1.0 is not valid: a discount in [0, 1)"),
         ("num_histories", 0, "num_histories=0 is not valid"),
     ],

@@ -1,4 +1,4 @@
-"""The paper's effect at the small tier (slow: ~20 min on a 2-core CPU, one thread)."""
+"""The paper's effect at the small tier (slow: ~50 min on a 2-core CPU, one thread)."""
 
 from pathlib import Path
 
@@ -16,7 +16,7 @@ def test_algorithm_distillation_improves_in_context_and_expert_distillation_does
 ):
     data = tmp_path / "data"
     collect(compose_config("collect", ["experiment=small"]), data)
-    for method, steps in (("algorithm_distillation", 2500), ("expert_distillation", 1000)):
+    for method, steps in (("algorithm_distillation", 4000), ("expert_distillation", 1000)):
         for seed in (1, 2, 3):
             overrides = [
                 "experiment=small",
@@ -37,12 +37,15 @@ def test_algorithm_distillation_improves_in_context_and_expert_distillation_does
         mean = curves[name].mean(0)
         return mean[35:40].mean() - mean[5:10].mean()
 
-    # AD: frozen weights, held-out goals, and the return rises across episodes
-    assert ad["last5"][0] - ad["first"][0] > 0.25 * optimal
-    assert gain_after_episode_10("AD") > 0.1 * optimal
-    # ED: no learning in its data; it returns to a goal it stumbles on in its first episodes
-    # (measured: 0.74 -> 1.94 by episode 10) but then stays flat, and AD ends above it
+    # AD: frozen weights, held-out goals, the return rises across episodes to >= 80% of optimal
+    # (the issue's target; measured 0.67 -> 9.67 of 11.67, 83%)
+    assert ad["fraction_of_optimal"][0] >= 0.8
+    assert ad["last5"][0] - ad["first"][0] > 0.5 * optimal
+    assert gain_after_episode_10("AD") > 0.2 * optimal
+    # ED: no learning in its data; it may return to a goal it stumbles on in its first episodes
+    # (measured: 0.46 -> 1.3 by episode 10) but then stays flat and far below AD
     assert gain_after_episode_10("ED") < 0.1 * optimal
-    assert ad["last5"][0] > ed["last5"][0]
+    assert ed["fraction_of_optimal"][0] < 0.3
+    assert ad["last5"][0] > ed["last5"][0] + 0.4 * optimal
     # the source learner, from scratch on the same goals, improves too (the reference curve)
-    assert source["last5"][0] > source["first"][0] + 0.25 * optimal
+    assert source["last5"][0] > source["first"][0] + 0.5 * optimal
