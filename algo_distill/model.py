@@ -14,7 +14,6 @@ the same window mask, however long the in-context rollout runs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -163,18 +162,6 @@ def configure_optimizer(model: nn.Module, lr: float, weight_decay: float) -> tor
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
-
-
-def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
-    """LR factor: linear warm-up, then cosine decay to `floor` (paper: cosine, peak 3e-4)."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def build_model(

@@ -27,11 +27,12 @@ from tqdm import tqdm
 from algo_distill.collect import make_env
 from algo_distill.data import HistoryWindows, load_manifest
 from algo_distill.envs import DarkGridEnv
-from algo_distill.model import build_model, configure_optimizer, warmup_cosine
+from algo_distill.model import build_model, configure_optimizer
 from algo_distill.rollout import in_context_rollout
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from common.device import resolve_device
 from common.logging import WANDB_MODES, open_run
+from common.schedules import warmup_cosine
 from common.seeding import seed_everything
 
 METHODS = {"algorithm_distillation": "learning", "expert_distillation": "expert"}

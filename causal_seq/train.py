@@ -13,7 +13,6 @@ Results table: causal_seq/README.md.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from common.distributed import (
     wrap_ddp,
 )
 from common.logging import WANDB_MODES, open_run
+from common.schedules import warmup_cosine
 from common.seeding import seed_everything
 
 TEACHING = ("factual", "counterfactual")
@@ -96,16 +96,6 @@ def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torc
     """H(π*, π_model) averaged over batch and time: -Σ_a π*(a) log π_model(a)."""
     log_probs = logits.float().log_softmax(-1)
     return -(target_probs * log_probs.nan_to_num(neginf=0.0)).sum(-1).mean()
-
-
-def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 @torch.no_grad()
