@@ -109,7 +109,7 @@ class S5SSM(nn.Module):
         return self._cached
 
     def initial_state(self, batch: int) -> torch.Tensor:
-        dtype = torch.complex(self.d, self.d).dtype
+        dtype = self.d.dtype.to_complex()
         return torch.zeros(batch, self.state_size, dtype=dtype, device=self.d.device)
 
     def forward(

@@ -151,14 +151,6 @@ def run_identity(cfg: DictConfig) -> dict:
     }
 
 
-def _finished(info: dict, key: str, done: np.ndarray) -> list[float]:
-    values = info.get(key)
-    if values is None:
-        return []
-    values = np.asarray(values, dtype=float)
-    return values[done & ~np.isnan(values)].tolist()
-
-
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Train one agent; returns the last iteration's logged metrics."""
     validate(cfg)
@@ -227,15 +219,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 done_buf[t] = torch.as_tensor(done, dtype=torch.float32, device=device)
                 next_obs = torch.as_tensor(obs, device=device)
                 next_reset = torch.as_tensor(done, device=device)
-                if done.any():
-                    for key in ("episode_return", "episode_length", "success"):
-                        finished.setdefault(key, []).extend(_finished(info, key, done))
+                # The envs' info arrays are (B,) floats, NaN where nothing ended (s4rl.envs).
+                for key in ("episode_return", "episode_length", "success"):
+                    if key in info and done.any():
+                        finished.setdefault(key, []).extend(info[key][done].tolist())
                 if "trial_return" in info:
-                    trial = ~np.isnan(np.asarray(info["trial_return"], dtype=float))
+                    trial = ~np.isnan(info["trial_return"])
                     for index, ret in zip(
-                        np.asarray(info["trial_index"])[trial],
-                        np.asarray(info["trial_return"])[trial],
-                        strict=True,
+                        info["trial_index"][trial], info["trial_return"][trial], strict=True
                     ):
                         finished.setdefault(f"trial_return/{int(index)}", []).append(float(ret))
             global_step += rollout_steps
