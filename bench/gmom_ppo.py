@@ -137,6 +137,7 @@ def ours(env_id: str, total_steps: int, seed: int) -> dict[str, float]:
                 f"env.id={env_id}",
                 f"total_steps={total_steps}",
                 f"seed={seed}",
+                "device=cpu",  # the baseline runs on the CPU too
                 "logging.progress=false",
                 "logging.console_every=1000000",
                 f"trainer.checkpoint_every={total_steps}",

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from common.device import resolve_device
 from common.logging import WANDB_MODES, open_run
 from common.seeding import seed_everything
 from gmom_ppo.diagnostics import (
@@ -148,6 +149,7 @@ def run_identity(cfg: DictConfig) -> dict:
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Train one agent; returns the last iteration's logged metrics."""
     validate(cfg)
+    device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     envs = make_envs(cfg.env.id, cfg.env.num_envs, cfg.seed)
@@ -164,7 +166,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     losses_of = partial(ppo_losses, cfg=loss_config(cfg))
     gmom = cfg.algo.name == "gmom"
 
-    agent = Agent(obs_dim, act_dim, p.hidden)
+    agent = Agent(obs_dim, act_dim, p.hidden).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=p.lr, eps=1e-5)
     obs_norm = ObservationNormalizer(obs_dim, p.obs_clip) if p.norm_obs else None
     rew_norm = RewardNormalizer(num_envs, p.gamma, p.reward_clip) if p.norm_reward else None
@@ -189,19 +191,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     logger = open_run(run_dir, cfg, project="gmom_ppo", step=global_step, resumed_from=checkpoint)
 
     # Rollout storage, preallocated once (time-major: step × env).
-    obs_buf = torch.zeros(p.num_steps, num_envs, obs_dim)
-    act_buf = torch.zeros(p.num_steps, num_envs, act_dim)
-    logp_buf = torch.zeros(p.num_steps, num_envs)
-    rew_buf = torch.zeros(p.num_steps, num_envs)
-    done_buf = torch.zeros(p.num_steps, num_envs)
-    val_buf = torch.zeros(p.num_steps, num_envs)
+    obs_buf = torch.zeros(p.num_steps, num_envs, obs_dim, device=device)
+    act_buf = torch.zeros(p.num_steps, num_envs, act_dim, device=device)
+    logp_buf, rew_buf, done_buf, val_buf = (
+        torch.zeros(p.num_steps, num_envs, device=device) for _ in range(4)
+    )
 
     def observe(raw: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(obs_norm(raw) if obs_norm else raw.astype(np.float32))
+        return torch.from_numpy(obs_norm(raw) if obs_norm else raw.astype(np.float32)).to(device)
 
     # A resumed run starts fresh episodes (simulator states are not checkpointed).
     raw_obs, _ = envs.reset(seed=cfg.seed + start)
-    next_obs, next_done = observe(raw_obs), torch.zeros(num_envs)
+    next_obs, next_done = observe(raw_obs), torch.zeros(num_envs, device=device)
     episode_return, episode_length = np.zeros(num_envs), np.zeros(num_envs, dtype=np.int64)
     metrics: dict[str, float] = {}
     clock, steps_at_clock = time.perf_counter(), global_step
@@ -225,7 +226,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             action, log_prob, value = agent.act(next_obs)
             act_buf[step], logp_buf[step], val_buf[step] = action, log_prob, value
             raw_obs, reward, terminated, truncated, _ = envs.step(
-                np.clip(action.numpy(), low, high)
+                np.clip(action.cpu().numpy(), low, high)
             )
             done = terminated | truncated
             episode_return += reward
@@ -235,8 +236,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 finished_lengths.extend(episode_length[done].tolist())
                 episode_return[done], episode_length[done] = 0.0, 0
             scaled = rew_norm(reward, done) if rew_norm else reward.astype(np.float32)
-            rew_buf[step] = torch.from_numpy(scaled)
-            next_obs, next_done = observe(raw_obs), torch.from_numpy(done.astype(np.float32))
+            rew_buf[step] = torch.from_numpy(scaled).to(device)
+            next_obs = observe(raw_obs)
+            next_done = torch.from_numpy(done.astype(np.float32)).to(device)
         rollout_time = time.perf_counter() - rollout_start
 
         update_start = time.perf_counter()
@@ -251,7 +253,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 
         diagnose = cfg.diagnostics.enabled and iteration % cfg.diagnostics.every == 0
         if diagnose:
-            probe = torch.randperm(batch_size)[: cfg.diagnostics.samples]
+            probe = torch.randperm(batch_size, device=device)[: cfg.diagnostics.samples]
             probe_adv = b_adv[probe]
             if p.norm_adv:
                 probe_adv = (probe_adv - b_adv.mean()) / (b_adv.std() + 1e-8)
@@ -271,7 +273,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 logger.log(global_step, record, console=False)
             if epoch == p.update_epochs:
                 break
-            order = torch.randperm(batch_size)
+            order = torch.randperm(batch_size, device=device)
             for begin in range(0, batch_size, minibatch_size):
                 idx = order[begin : begin + minibatch_size]
                 mb_adv = b_adv[idx]

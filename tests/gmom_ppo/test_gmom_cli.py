@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from gmom_ppo.train import run
@@ -89,3 +90,12 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert [r["step"] for r in records if "iteration" in r] == [256]
     with pytest.raises(ValueError, match="was written by a run with"):
         run(_cfg(["seed=7"]), resumed)
+
+
+def test_device_defaults_to_auto_and_cuda_without_cuda_fails_before_any_output(tmp_path):
+    assert _cfg([]).device == "auto"
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present here")
+    with pytest.raises(ValueError, match="device='cuda' was asked for but CUDA is not available"):
+        run(_cfg(["device=cuda"]), tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists()

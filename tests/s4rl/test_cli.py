@@ -2,13 +2,14 @@
 resume, and GAE against a hand computation."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from s4rl.train import compute_gae, validate
+from s4rl.train import compute_gae, run, validate
 from tests.entry_points import run_module
 
 CONF = str(Path(__file__).parents[2] / "s4rl" / "conf")
@@ -84,6 +85,29 @@ def test_rerun_resumes_and_a_different_config_is_refused(tmp_path):
     assert len(_iterations(run_dir)) == 4
     bad = run_module(*args, "total_steps=1024", "ppo.lr=0.1", check=False)
     assert bad.returncode != 0 and "was written by a run with" in bad.stderr
+
+
+def test_resume_from_a_mid_training_checkpoint_continues_at_the_next_iteration(tmp_path):
+    """What the README promises: agent, Adam and step come back and training goes on from there
+    (not bit-identical to an uninterrupted run: the environments restart)."""
+    overrides = ["experiment=smoke", "model=gru", "trainer.keep_last=5"]
+    run(_compose(overrides), tmp_path / "full")
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "full" / "checkpoints" / "step_00000004.pt", resumed / "checkpoints")
+    run(_compose(overrides), resumed)
+    records = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["resumed_from"].endswith("step_00000004.pt")
+    assert [r["iteration"] for r in _iterations(resumed)] == [5, 6, 7, 8]
+    assert [r["step"] for r in _iterations(resumed)] == [256 * i for i in range(5, 9)]
+
+
+def test_device_cuda_without_cuda_fails_before_any_output(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present here")
+    with pytest.raises(ValueError, match="device='cuda' was asked for but CUDA is not available"):
+        run(_compose(["experiment=smoke", "device=cuda"]), tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists()
 
 
 @pytest.mark.parametrize("experiment", ["smoke", "small", "small_popgym", "paper", "paper_meta"])
