@@ -137,7 +137,39 @@ def _numpy_weights(net: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
 
 
-class ProcessRuntime:
+class _Runtime:
+    """What both runtimes share: publishing weights and taking unrolls off the queue."""
+
+    trajectories: Any
+    weights: list[Any]
+
+    def publish(self, net: torch.nn.Module, version: int) -> None:
+        """Replace each actor's pending weights with the newest."""
+        payload = (version, _numpy_weights(net))
+        for q in self.weights:
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            q.put(payload)
+
+    def get(self, timeout: float = 600.0) -> Unroll:
+        """The next unroll; raises if an actor died or nothing arrives within `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_actors()
+            try:
+                return self.trajectories.get(timeout=1.0)
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no unroll from the actors in {timeout} s") from None
+
+    def check_actors(self) -> None:
+        """Raise if an actor has stopped."""
+        raise NotImplementedError
+
+
+class ProcessRuntime(_Runtime):
     """Actors as spawned processes; a bounded trajectory queue gives backpressure (actors wait
     when the learner falls behind, which bounds the policy lag)."""
 
@@ -167,28 +199,10 @@ class ProcessRuntime:
         for p in self.processes:
             p.start()
 
-    def publish(self, net: torch.nn.Module, version: int) -> None:
-        """Replace each actor's pending weights with the newest."""
-        payload = (version, _numpy_weights(net))
-        for q in self.weights:
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                pass
-            q.put(payload)
-
-    def get(self, timeout: float = 600.0) -> Unroll:
-        """The next unroll; raises if an actor died or nothing arrives within `timeout` s."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, p in enumerate(self.processes):
-                if p.exitcode is not None:
-                    raise RuntimeError(f"actor {i} exited with code {p.exitcode}")
-            try:
-                return self.trajectories.get(timeout=1.0)
-            except queue.Empty:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no unroll from the actors in {timeout} s") from None
+    def check_actors(self) -> None:
+        for i, p in enumerate(self.processes):
+            if p.exitcode is not None:
+                raise RuntimeError(f"actor {i} exited with code {p.exitcode}")
 
     def close(self) -> None:
         """Stop the actors, wait briefly, then terminate any that are still running."""
@@ -218,7 +232,7 @@ class _RayStop:
         return not self.flag.empty()
 
 
-class RayRuntime:
+class RayRuntime(_Runtime):
     """The same actors as Ray actors (one CPU each): `ray.init()` is called if Ray is not
     already initialised, so a user connects to a cluster by calling `ray.init(address=...)`
     before `run`, or by setting RAY_ADDRESS."""
@@ -252,27 +266,11 @@ class RayRuntime:
         ]
         self.runs = [a.run.remote() for a in self.actors]
 
-    def publish(self, net: torch.nn.Module, version: int) -> None:
-        payload = (version, _numpy_weights(net))
-        for q in self.weights:
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                pass
-            q.put(payload)
-
-    def get(self, timeout: float = 600.0) -> Unroll:
-        deadline = time.monotonic() + timeout
-        while True:
-            done, _ = self.ray.wait(self.runs, timeout=0)
-            for ref in done:
-                self.ray.get(ref)  # re-raises the actor's error
-                raise RuntimeError("a Ray actor stopped before the learner")
-            try:
-                return self.trajectories.get(timeout=1.0)
-            except queue.Empty:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no unroll from the actors in {timeout} s") from None
+    def check_actors(self) -> None:
+        done, _ = self.ray.wait(self.runs, timeout=0)
+        for ref in done:
+            self.ray.get(ref)  # re-raises the actor's error
+            raise RuntimeError("a Ray actor stopped before the learner")
 
     def close(self) -> None:
         self.stop_flag.put(True)

@@ -1,12 +1,14 @@
 """The real entry points (smoke tier), config validation, resume, and the asynchronous loop's
 shutdown on Ctrl-C and on an actor crash."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -105,8 +107,11 @@ def test_every_tier_and_algo_validates():
             validate(_compose([f"experiment={tier}", f"algo={algo}"]))
 
 
-def _start_long_run(run_dir: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def _long_run(run_dir: Path, *overrides: str) -> Iterator[subprocess.Popen]:
+    """A training run far longer than the test, in its own process group, killed (group and
+    all) when the test ends, whatever happened."""
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -124,6 +129,12 @@ def _start_long_run(run_dir: Path, *overrides: str) -> subprocess.Popen:
         text=True,
         start_new_session=True,
     )
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
 def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -152,13 +163,13 @@ def _gone(pids: list[int]) -> bool:
 
 
 def test_ctrl_c_stops_learner_and_actors_and_the_run_resumes(tmp_path):
-    proc = _start_long_run(tmp_path, "runtime.num_actors=2")
-    _wait_for_checkpoint(tmp_path, proc)
-    actors = _actors(proc.pid)
-    assert len(actors) == 2
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
-    proc.communicate(timeout=60)
-    assert _gone(actors)
+    with _long_run(tmp_path, "runtime.num_actors=2") as proc:
+        _wait_for_checkpoint(tmp_path, proc)
+        actors = _actors(proc.pid)
+        assert len(actors) == 2
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
+        proc.communicate(timeout=60)
+        assert _gone(actors)
     last = int(max((tmp_path / "checkpoints").glob("step_*.pt")).stem[5:])
     steps = (last + 4) * 4 * 8  # four more updates of num_envs × unroll steps
     run_module(
@@ -173,12 +184,12 @@ def test_ctrl_c_stops_learner_and_actors_and_the_run_resumes(tmp_path):
 
 
 def test_an_actor_crash_stops_the_run_with_an_error_and_keeps_the_checkpoint(tmp_path):
-    proc = _start_long_run(tmp_path, "runtime.num_actors=2")
-    _wait_for_checkpoint(tmp_path, proc)
-    first, second = _actors(proc.pid)
-    os.kill(first, signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "exited with code -9" in stderr
-    assert _gone([second])
+    with _long_run(tmp_path, "runtime.num_actors=2") as proc:
+        _wait_for_checkpoint(tmp_path, proc)
+        first, second = _actors(proc.pid)
+        os.kill(first, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode != 0 and "exited with code -9" in stderr
+        assert _gone([second])
     checkpoints = sorted((tmp_path / "checkpoints").glob("step_*.pt"))
     assert checkpoints and not list((tmp_path / "checkpoints").glob(".tmp_*"))
