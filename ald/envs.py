@@ -20,6 +20,13 @@ import gymnasium
 import numpy as np
 
 Info = dict[str, np.ndarray]
+EPISODE_KEYS = ("episode_return", "episode_length", "success")
+
+
+def _no_episode_ended(num_envs: int) -> Info:
+    """The info arrays of a step at which no episode ended (NaN everywhere)."""
+    return {key: np.full(num_envs, np.nan) for key in EPISODE_KEYS}
+
 
 # I-Maze actions (the corridor is walked forward; left / right choose an arm at the junction).
 FORWARD, LEFT, RIGHT = 0, 1, 2
@@ -82,10 +89,7 @@ class IMaze:
         self.steps += 1
         self.episode_return += reward
         done = turned | (self.steps >= self.max_episode_steps)
-        info = {
-            key: np.full(self.num_envs, np.nan)
-            for key in ("episode_return", "episode_length", "success")
-        }
+        info = _no_episode_ended(self.num_envs)
         info["episode_return"][done] = self.episode_return[done]
         info["episode_length"][done] = self.steps[done]
         info["success"][done] = correct[done]
@@ -135,10 +139,7 @@ class MiniGridMemory:
         done = terminated | truncated
         self.episode_return += reward
         self.steps += 1
-        info = {
-            key: np.full(self.num_envs, np.nan)
-            for key in ("episode_return", "episode_length", "success")
-        }
+        info = _no_episode_ended(self.num_envs)
         info["episode_return"][done] = self.episode_return[done]
         info["episode_length"][done] = self.steps[done]
         info["success"][done] = reward[done] > 0

@@ -110,10 +110,6 @@ def _row(cells: list) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def _fmt(summary, digits: int = 2) -> str:
-    return format_summary(summary, digits)
-
-
 def evaluate(cfg: DictConfig) -> str:
     root = Path(cfg.runs)
     runs = find_runs(root)
@@ -155,7 +151,6 @@ def evaluate(cfg: DictConfig) -> str:
                 "steps_to_solve": first_crossing(steps, success, cfg.threshold),
                 "seconds_to_solve": first_crossing(seconds, success, cfg.threshold),
                 "steps_per_s": records[-1]["steps_per_s"],
-                "unroll_steps": run_cfg.num_envs * run_cfg.unroll,
                 **mean,
             }
         )
@@ -189,13 +184,17 @@ def evaluate(cfg: DictConfig) -> str:
     for algo in algos:
         rs = per_algo[algo]
         solved = [r for r in rs if not np.isnan(r["steps_to_solve"])]
-        steps = _fmt(summarize([r["steps_to_solve"] for r in solved]), 0) if solved else "—"
-        secs = _fmt(summarize([r["seconds_to_solve"] for r in solved]), 0) if solved else "—"
-        frozen = _fmt(summarize([r["frozen_success"] for r in rs]))
+        steps = (
+            format_summary(summarize([r["steps_to_solve"] for r in solved]), 0) if solved else "—"
+        )
+        secs = (
+            format_summary(summarize([r["seconds_to_solve"] for r in solved]), 0) if solved else "—"
+        )
+        frozen = format_summary(summarize([r["frozen_success"] for r in rs]))
         learner = "—"
         if algo == "ald":
-            learner = _fmt(summarize([r["learner_frozen_success"] for r in rs]))
-        sps = _fmt(summarize([r["steps_per_s"] for r in rs]), 0)
+            learner = format_summary(summarize([r["learner_frozen_success"] for r in rs]))
+        sps = format_summary(summarize([r["steps_per_s"] for r in rs]), 0)
         solved_of = f"{len(solved)}/{len(rs)}"
         lines.append(_row([algo, len(rs), solved_of, steps, secs, frozen, learner, sps]))
         summary[algo] = {

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from ald.envs import make_env
+from ald.envs import EPISODE_KEYS, make_env
 from ald.model import build_net
 
 Unroll = dict[str, Any]
@@ -51,8 +51,7 @@ class Actor:
         action = torch.empty(t_len, e, dtype=torch.int64)
         logits = torch.empty(t_len, e, self.env.num_actions)
         reward, done = torch.empty(t_len, e), torch.empty(t_len, e)
-        finished: dict[str, list[float]] = {"episode_return": [], "episode_length": []}
-        finished["success"] = []
+        finished: dict[str, list[float]] = {key: [] for key in EPISODE_KEYS}
         act_s = env_s = 0.0
         for t in range(t_len):
             obs[t], first[t] = self.obs, self.first
@@ -133,6 +132,12 @@ def actor_loop(
         actor.env.close()
 
 
+def _actor_args(cfg: Any, spec: dict, seed: int, actor_id: int) -> tuple:
+    """`actor_loop`'s leading arguments for actor `actor_id` (both runtimes): its id, network,
+    task, sizes and seed (`seed · 1000 + id`, so actors never share environment seeds)."""
+    return (actor_id, spec, cfg.task, cfg.num_envs, cfg.unroll, seed * 1000 + actor_id)
+
+
 def _numpy_weights(net: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
 
@@ -182,12 +187,7 @@ class ProcessRuntime(_Runtime):
             ctx.Process(
                 target=actor_loop,
                 args=(
-                    i,
-                    spec,
-                    cfg.task,
-                    cfg.num_envs,
-                    cfg.unroll,
-                    seed * 1000 + i,
+                    *_actor_args(cfg, spec, seed, i),
                     self.trajectories,
                     self.weights[i],
                     self.stop,
@@ -252,15 +252,7 @@ class RayRuntime(_Runtime):
         remote = ray.remote(num_cpus=1)(_RayActor)
         self.actors = [
             remote.remote(
-                i,
-                spec,
-                cfg.task,
-                cfg.num_envs,
-                cfg.unroll,
-                seed * 1000 + i,
-                self.trajectories,
-                self.weights[i],
-                self.stop_flag,
+                *_actor_args(cfg, spec, seed, i), self.trajectories, self.weights[i], self.stop_flag
             )
             for i in range(cfg.runtime.num_actors)
         ]
