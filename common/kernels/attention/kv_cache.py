@@ -84,6 +84,16 @@ class KVCache:
         self.v[:, :, :keep] = self.v[:, :, drop : self.length].clone()
         self.length, self.start = keep, self.start + drop
 
+    def rewind(self, length: int) -> None:
+        """Forget every token after the first `length` cached ones (e.g. to ask several
+        questions after one prefilled context). Not for a window cache that dropped tokens."""
+        if self.start or not 0 <= length <= self.length:
+            raise ValueError(
+                f"cannot rewind to {length}: the cache holds positions {self.start}…"
+                f"{self.start + self.length - 1}"
+            )
+        self.length = length
+
     def view(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached keys and values, (B, H_kv, length, D) each."""
         return self.k[:, :, : self.length], self.v[:, :, : self.length]
