@@ -244,6 +244,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         )
     group = dist.group.WORLD if info.enabled else None
     if group is not None:
+        shared = [str(run_dir)]  # Hydra's ${now} may differ between ranks: use rank 0's
+        dist.broadcast_object_list(shared, src=0)
+        run_dir = Path(shared[0])
         for i, stage in enumerate(cfg.stages):
             if stage.seq_len % info.world_size:
                 _fail(

@@ -682,7 +682,9 @@ def test_every_entry_point_writes_under_runs_paper_by_default(paper):
         if main is None:
             continue
         dirs = OmegaConf.to_container(_default(paper, main[1]).hydra, resolve=False)
-        allowed = ("${runs}/",) if main[1] == "eval" else (f"runs/{paper}/",)
+        # an eval writes next to the runs it evaluates, or (one that can also evaluate a model
+        # from elsewhere, e.g. gemini_longctx on a Hugging Face model) under runs/<paper>/
+        allowed = ("${runs}/", f"runs/{paper}/") if main[1] == "eval" else (f"runs/{paper}/",)
         assert dirs["run"]["dir"].startswith(allowed), (path, dirs["run"]["dir"])
         if main[1] != "eval":
             assert dirs["sweep"]["dir"].startswith(allowed), (path, dirs["sweep"]["dir"])

@@ -283,6 +283,22 @@ def test_kv_cache_float32_decode_uses_sdpa_path():
     torch.testing.assert_close(torch.cat(steps, dim=2), full, atol=1e-6, rtol=1e-6)
 
 
+def test_kv_cache_rewind_then_refeed_equals_a_fresh_cache():
+    torch.manual_seed(0)
+    k, v = torch.randn(2, 1, 2, 10, 32, dtype=torch.float64).unbind(0)
+    q = torch.randn(1, 2, 4, 32, dtype=torch.float64)
+    fresh = KVCache.allocate(1, 2, 10, 32, dtype=torch.float64)
+    fresh.append(k[:, :, :6], v[:, :, :6])
+    rewound = KVCache.allocate(1, 2, 10, 32, dtype=torch.float64)
+    rewound.append(k, v)
+    rewound.rewind(2)
+    assert rewound.length == 2
+    rewound.append(k[:, :, 2:6], v[:, :, 2:6])
+    torch.testing.assert_close(decode_attention(q, rewound), decode_attention(q, fresh))
+    with pytest.raises(ValueError, match="cannot rewind to 7"):
+        rewound.rewind(7)
+
+
 def test_kv_cache_errors():
     cache = KVCache.allocate(1, 2, 4, 32)
     k = torch.zeros(1, 2, 3, 32)
