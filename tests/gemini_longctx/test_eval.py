@@ -13,25 +13,16 @@ import torch
 from gemini_longctx import harness
 from gemini_longctx.data import BPETokenizer, pydoc_topics
 from gemini_longctx.eval import CITIES, ModelLM, city_split
-from gemini_longctx.model import LongContextLM, ModelConfig
+from gemini_longctx.model import LongContextLM
 from tests.entry_points import run_module
+from tests.gemini_longctx.tiny import tiny_config
 
 
 def test_streaming_model_lm_equals_full_forward_in_the_harness():
     topics = pydoc_topics()[:30]
     tokenizer = BPETokenizer.train([d.text for d in topics], 400)
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        vocab_size=tokenizer.vocab_size,
-        dim=64,
-        layers=2,
-        heads=2,
-        kv_heads=1,
-        num_experts=4,
-        top_k=2,
-        expert_hidden=32,
-        max_context=512,
-    )
+    cfg = tiny_config(vocab_size=tokenizer.vocab_size, max_context=512)
     model = LongContextLM(cfg).double()
     streaming = ModelLM(model)
     full = harness.FullForwardLM(streaming.forward, tokenizer.vocab_size, max_context=512)

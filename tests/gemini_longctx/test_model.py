@@ -18,19 +18,8 @@ from gemini_longctx.data import (
     split_documents,
     token_stream,
 )
-from gemini_longctx.model import LongContextLM, ModelConfig, rope
-
-TINY = dict(
-    vocab_size=97,
-    dim=64,
-    layers=2,
-    heads=2,
-    kv_heads=1,
-    num_experts=4,
-    top_k=2,
-    expert_hidden=32,
-    max_context=256,
-)
+from gemini_longctx.model import LongContextLM, rope
+from tests.gemini_longctx.tiny import tiny_config
 
 
 def _rope_float64(x: np.ndarray, positions: np.ndarray, base: float) -> np.ndarray:
@@ -68,7 +57,7 @@ def test_rope_is_relative():
 @pytest.mark.parametrize("ffn", ["moe", "dense"])
 def test_streaming_through_the_kv_cache_equals_one_forward(ffn):
     torch.manual_seed(0)
-    model = LongContextLM(ModelConfig(**TINY, ffn=ffn)).double().eval()
+    model = LongContextLM(tiny_config(ffn=ffn)).double().eval()
     ids = torch.randint(0, 97, (2, 37))
     with torch.no_grad():
         full = model(ids).logits
@@ -81,8 +70,8 @@ def test_streaming_through_the_kv_cache_equals_one_forward(ffn):
 
 
 def test_dense_baseline_has_the_active_parameters_of_the_moe():
-    moe = LongContextLM(ModelConfig(**TINY, ffn="moe"))
-    dense = LongContextLM(ModelConfig(**TINY, ffn="dense"))
+    moe = LongContextLM(tiny_config(ffn="moe"))
+    dense = LongContextLM(tiny_config(ffn="dense"))
     router = sum(b.ffn.router.weight.numel() for b in moe.blocks)
     assert moe.parameter_counts()["active"] == dense.parameter_counts()["total"] + router
     assert moe.parameter_counts()["total"] > moe.parameter_counts()["active"]
@@ -90,7 +79,7 @@ def test_dense_baseline_has_the_active_parameters_of_the_moe():
 
 
 def test_moe_every_places_moe_in_the_last_block_of_each_group():
-    model = LongContextLM(ModelConfig(**{**TINY, "layers": 4}, moe_every=2))
+    model = LongContextLM(tiny_config(layers=4, moe_every=2))
     assert [isinstance(b.ffn, MoE) for b in model.blocks] == [False, True, False, True]
     assert model(torch.randint(0, 97, (1, 8))).tokens_per_expert.shape == (2, 4)
 

@@ -12,9 +12,10 @@ import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 
 from common.distributed import spawn_local
-from gemini_longctx.model import LongContextLM, ModelConfig
+from gemini_longctx.model import LongContextLM
 from gemini_longctx.train import average_gradients, lm_loss, stage_at, validate
 from tests.entry_points import run_module
+from tests.gemini_longctx.tiny import tiny_config
 
 CONF = str(Path(__file__).parents[2] / "gemini_longctx" / "conf")
 
@@ -86,24 +87,10 @@ def test_stage_at():
     assert [stage_at(stages, s) for s in range(6)] == [0, 0, 0, 1, 1, 1]
 
 
-CP_CONFIG = dict(
-    vocab_size=61,
-    dim=64,
-    layers=2,
-    heads=2,
-    kv_heads=1,
-    num_experts=4,
-    top_k=2,
-    expert_hidden=32,
-    aux_loss_coef=0.0,
-    z_loss_coef=0.0,
-)
-
-
 def _cp_step(rank: int, world: int) -> dict[str, torch.Tensor]:
     """One context-parallel forward/backward: this rank holds its chunk of every sequence."""
     torch.manual_seed(0)
-    model = LongContextLM(ModelConfig(**CP_CONFIG)).double()
+    model = LongContextLM(tiny_config(vocab_size=61, aux_loss_coef=0.0, z_loss_coef=0.0)).double()
     tokens = torch.randint(0, 61, (2, 33))
     loss, _, _ = lm_loss(model, tokens, dist.group.WORLD)
     loss.backward()
@@ -116,7 +103,7 @@ def test_context_parallel_step_on_two_processes_equals_one():
     """Ring attention across 2 gloo ranks (float64) gives the single-process loss and gradients
     (the MoE auxiliary losses are off: they are per-rank batch statistics)."""
     torch.manual_seed(0)
-    model = LongContextLM(ModelConfig(**CP_CONFIG)).double()
+    model = LongContextLM(tiny_config(vocab_size=61, aux_loss_coef=0.0, z_loss_coef=0.0)).double()
     tokens = torch.randint(0, 61, (2, 33))
     loss, _, _ = lm_loss(model, tokens)
     loss.backward()
