@@ -84,8 +84,9 @@ class FullForwardLM:
     """Any `forward(ids (1, T)) -> logits (1, T, V)` callable, with no cache.
 
     Each `feed` re-runs `forward` over the whole context and returns the new positions' logits:
-    O(T²) attention memory and compute, the naive baseline the streaming adapters are checked
-    against. `forward` receives CPU ids and moves them to its device itself.
+    a session of many feeds costs O(T²) compute, and each feed the memory of one full-context
+    forward; the naive baseline the streaming adapters are checked against. `forward` receives
+    CPU ids and moves them to its device itself.
     """
 
     def __init__(
