@@ -15,6 +15,7 @@ table: gemini_longctx/README.md.
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,15 @@ from tqdm import tqdm
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from common.device import resolve_device
 from common.distributed import DistInfo, cleanup, init_distributed
+from common.fsdp import PARALLEL, apply_activation_checkpointing, parallelize
 from common.logging import WANDB_MODES, open_run
 from common.schedules import warmup_cosine
 from common.seeding import seed_everything
+from common.sharded_checkpoint import (
+    latest_sharded_checkpoint,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+)
 from gemini_longctx.data import (
     SPLITS,
     BPETokenizer,
@@ -105,6 +112,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("lr", "max_grad_norm"):
         _number(cfg.trainer, key, "trainer.", integer=False)
     _number(cfg.trainer, "weight_decay", "trainer.", integer=False, low=-1e-12)
+    if cfg.trainer.parallel not in PARALLEL:
+        _fail("trainer.parallel", cfg.trainer.parallel, f"one of {PARALLEL}")
     if cfg.trainer.peak_flops is not None:
         _number(cfg.trainer, "peak_flops", "trainer.", integer=False)
     if cfg.logging.wandb_mode not in WANDB_MODES:
@@ -237,21 +246,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     torch.set_num_threads(cfg.trainer.threads)
     device = resolve_device(cfg.device)
     info = init_distributed(device)
-    if info.enabled and not cfg.trainer.context_parallel:
-        raise ValueError(
-            "trainer.context_parallel=false under torchrun: this trainer splits sequences over "
-            "ranks (context parallelism); set trainer.context_parallel=true"
-        )
-    group = dist.group.WORLD if info.enabled else None
-    if group is not None:
+    group = dist.group.WORLD if info.enabled and cfg.trainer.context_parallel else None
+    if info.enabled:
         shared = [str(run_dir)]  # Hydra's ${now} may differ between ranks: use rank 0's
         dist.broadcast_object_list(shared, src=0)
         run_dir = Path(shared[0])
         for i, stage in enumerate(cfg.stages):
-            if stage.seq_len % info.world_size:
-                _fail(
-                    f"stages[{i}].seq_len", stage.seq_len, f"divisible by {info.world_size} ranks"
-                )
+            split, what = (
+                (stage.seq_len, "seq_len")
+                if group is not None
+                else (cfg.trainer.tokens_per_step // stage.seq_len, "batch")
+            )
+            if split % info.world_size:
+                _fail(f"stages[{i}].seq_len", stage.seq_len, f"a {what} divisible by the ranks")
     try:
         return _train(cfg, run_dir, device, info, group)
     finally:
@@ -267,8 +274,23 @@ def _train(cfg: DictConfig, run_dir: Path, device, info: DistInfo, group) -> dic
         dist.barrier()
         if not info.is_main:
             tokenizer, streams = prepare_data(cfg, run_dir)
-    model = LongContextLM(model_config(cfg, tokenizer.vocab_size)).to(device)
-    optimizer = configure_optimizer(model, cfg)
+    net = LongContextLM(model_config(cfg, tokenizer.vocab_size)).to(device)
+    counts, flops_per_token = net.parameter_counts(), net.flops_per_token
+    # data parallel over the ranks (DDP or FSDP2, common.fsdp) unless they split sequences
+    fsdp = info.enabled and group is None and cfg.trainer.parallel == "fsdp"
+    model = net
+    if info.enabled and group is None:
+        model = parallelize(
+            net,
+            net.blocks,
+            cfg.trainer.parallel,
+            info,
+            device=device,
+            activation_checkpointing=cfg.trainer.activation_checkpointing,
+        )
+    elif cfg.trainer.activation_checkpointing:
+        apply_activation_checkpointing(net.blocks)
+    optimizer = configure_optimizer(net, cfg)
     stages = OmegaConf.to_container(cfg.stages)
     total = sum(s["steps"] for s in stages)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -284,14 +306,18 @@ def _train(cfg: DictConfig, run_dir: Path, device, info: DistInfo, group) -> dic
     )
     identity = run_identity(cfg)
     step, resumed_from = 0, None
-    ckpt = latest_checkpoint(run_dir) if cfg.trainer.resume else None
+    latest, load = (
+        (latest_sharded_checkpoint, load_sharded_checkpoint)
+        if fsdp
+        else (latest_checkpoint, partial(load_checkpoint, map_location=device))
+    )
+    ckpt = latest(run_dir) if cfg.trainer.resume else None
     if ckpt is not None:
-        step, extra = load_checkpoint(
+        step, extra = load(
             ckpt,
-            models={"model": model},
-            optimizers={"optimizer": optimizer},
-            schedulers={"scheduler": scheduler},
-            map_location=device,
+            models={"model": net},
+            optimizers={"model": optimizer},
+            schedulers={"model": scheduler},
         )
         if extra["identity"] != identity:
             raise ValueError(
@@ -308,21 +334,21 @@ def _train(cfg: DictConfig, run_dir: Path, device, info: DistInfo, group) -> dic
         resumed_from=resumed_from,
         enabled=info.is_main,
     )
-    counts = model.parameter_counts()
     if resumed_from is None:
         logger.log(0, {"params_total": counts["total"], "params_active": counts["active"]})
 
     def checkpoint(at: int) -> None:
-        if info.is_main:
-            save_checkpoint(
-                run_dir,
-                at,
-                models={"model": model},
-                optimizers={"optimizer": optimizer},
-                schedulers={"scheduler": scheduler},
-                extra={"identity": identity, "mixture": mixture.state_dict()},
-                keep_last=cfg.trainer.keep_last,
-            )
+        states = dict(
+            models={"model": net},
+            optimizers={"model": optimizer},
+            schedulers={"model": scheduler},
+            extra={"identity": identity, "mixture": mixture.state_dict()},
+            keep_last=cfg.trainer.keep_last,
+        )
+        if fsdp:  # every rank writes its shards
+            save_sharded_checkpoint(run_dir, at, **states)
+        elif info.is_main:
+            save_checkpoint(run_dir, at, **states)
 
     bar = tqdm(total=total, initial=step, disable=not (cfg.logging.progress and info.is_main))
     window = {"loss": 0.0, "aux": 0.0, "n": 0, "tokens": 0, "flops": 0.0, "time": 0.0}
@@ -331,7 +357,10 @@ def _train(cfg: DictConfig, run_dir: Path, device, info: DistInfo, group) -> dic
     while step < total:
         stage = stages[stage_at(stages, step)]
         seq_len = stage["seq_len"]
-        tokens = mixture.batch(cfg.trainer.tokens_per_step // seq_len, seq_len).to(device)
+        tokens = mixture.batch(cfg.trainer.tokens_per_step // seq_len, seq_len)
+        if info.enabled and group is None:  # data parallel: this rank's rows of the batch
+            tokens = tokens[info.rank :: info.world_size]
+        tokens = tokens.to(device)
         t0 = time.perf_counter()
         ce, aux, per_expert = lm_loss(model, tokens, group)
         optimizer.zero_grad(set_to_none=True)
@@ -343,11 +372,16 @@ def _train(cfg: DictConfig, run_dir: Path, device, info: DistInfo, group) -> dic
         scheduler.step()
         step += 1
         window["time"] += time.perf_counter() - t0
+        if info.enabled:  # the mean over ranks (each holds a part of the batch)
+            ce = ce.detach().clone()
+            dist.all_reduce(ce)
+            ce /= info.world_size
         window["loss"] += float(ce.detach())
         window["aux"] += float(aux.detach())
         window["n"] += 1
-        window["tokens"] += tokens.shape[0] * seq_len
-        window["flops"] += tokens.shape[0] * seq_len * model.flops_per_token(seq_len)
+        rank_tokens = tokens.shape[0] * seq_len // (info.world_size if group is not None else 1)
+        window["tokens"] += rank_tokens
+        window["flops"] += rank_tokens * flops_per_token(seq_len)
         if per_expert is not None:
             expert_counts = per_expert if expert_counts is None else expert_counts + per_expert
         bar.update(1)
@@ -359,7 +393,7 @@ def _train(cfg: DictConfig, run_dir: Path, device, info: DistInfo, group) -> dic
                 "seq_len": seq_len,
                 "lr": scheduler.get_last_lr()[0],
                 "tokens_per_s": tokens_per_s * info.world_size,
-                "tflops": window["flops"] / window["time"] / 1e12,
+                "tflops": window["flops"] / window["time"] / 1e12,  # per rank
                 "tokens_seen": step * cfg.trainer.tokens_per_step,
             }
             if cfg.trainer.peak_flops is not None:
@@ -370,7 +404,7 @@ def _train(cfg: DictConfig, run_dir: Path, device, info: DistInfo, group) -> dic
                 record["expert_share"] = [round(float(s), 4) for s in share]
                 expert_counts = None
             if step % cfg.trainer.eval_every == 0 or step == total:
-                record.update(validation_metrics(model, streams["val"], tokenizer, cfg, seq_len))
+                record.update(validation_metrics(net, streams["val"], tokenizer, cfg, seq_len))
             logger.log(step, record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", ctx=seq_len, tok_s=f"{tokens_per_s:.0f}")
             last = record

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -111,3 +112,31 @@ def test_context_parallel_step_on_two_processes_equals_one():
         torch.testing.assert_close(rank_result["loss"], loss.detach(), atol=1e-12, rtol=1e-10)
         for name, p in model.named_parameters():
             torch.testing.assert_close(rank_result[name], p.grad, atol=1e-10, rtol=1e-8)
+
+
+def test_fsdp_on_two_ranks_equals_one_process_and_converts_for_eval(tmp_path):
+    """torchrun with trainer.parallel=fsdp (each rank half of every batch, sharded checkpoints)
+    ends with the one-process weights; the converted checkpoint is what eval loads."""
+    no_aux = ["model.aux_loss_coef=0", "model.z_loss_coef=0"]  # per-rank batch statistics
+    single, sharded = tmp_path / "single", tmp_path / "fsdp"
+    run_module("gemini_longctx.train", "experiment=smoke", *no_aux, f"hydra.run.dir={single}")
+    run_module(
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "-m",
+        "gemini_longctx.train",
+        "experiment=smoke",
+        "trainer.parallel=fsdp",
+        *no_aux,
+        f"hydra.run.dir={sharded}",
+    )
+    shards = sharded / "checkpoints" / "step_00000006"
+    assert (shards / ".metadata").exists()
+    converted = sharded / "checkpoints" / "step_00000006.pt"
+    run_module("common.convert_checkpoint", str(shards), str(converted))
+    a = torch.load(single / "checkpoints" / "step_00000006.pt", weights_only=True)
+    b = torch.load(converted, weights_only=True)
+    for name, tensor in a["models"]["model"].items():
+        torch.testing.assert_close(b["models"]["model"][name], tensor, atol=1e-5, rtol=1e-4)
+    losses = [[r["loss"] for r in _records(d) if "loss" in r] for d in (single, sharded)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
