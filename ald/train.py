@@ -20,7 +20,6 @@ import random
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
 
 import hydra
 import numpy as np
@@ -34,6 +33,7 @@ from ald.losses import distillation_loss, learner_loss
 from ald.model import build_net
 from ald.runtime import RUNTIMES
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from common.config import check_choice, check_number, fail
 from common.device import resolve_device
 from common.logging import WANDB_MODES, open_run
 from common.seeding import seed_everything
@@ -41,57 +41,41 @@ from common.seeding import seed_everything
 ALGOS = {"ald": ("gtrxl", "lstm"), "lstm": ("lstm", "lstm"), "transformer": ("gtrxl", "gtrxl")}
 
 
-def _fail(field: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{field}={value!r} is not valid: {allowed}")
-
-
-def _number(cfg: DictConfig, key: str, prefix: str, *, integer: bool, low: float = 0.0) -> None:
-    """cfg[key] must be a number (an int if `integer`) greater than `low`."""
-    value = cfg[key]
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= low:
-        _fail(prefix + key, value, f"{'an integer' if integer else 'a number'} > {low}")
-
-
 def validate(cfg: DictConfig) -> None:
     """Reject bad values (types and ranges) before any work starts, naming the field."""
     for key in ("total_steps", "num_envs", "unroll", "threads"):
-        _number(cfg, key, "", integer=True)
-    if cfg.algo.name not in ALGOS:
-        _fail("algo.name", cfg.algo.name, f"one of {tuple(ALGOS)}")
-    if cfg.task.name not in TASKS:
-        _fail("task.name", cfg.task.name, f"one of {TASKS}")
+        check_number(cfg, key, integer=True)
+    check_choice(cfg.algo, "name", "algo.", ALGOS)
+    check_choice(cfg.task, "name", "task.", TASKS)
     if cfg.task.name == "imaze":
-        _number(cfg.task, "length", "task.", integer=True, low=1)
+        check_number(cfg.task, "length", "task.", integer=True, low=1)
     for key in ("width", "layers", "heads", "memory"):
-        _number(cfg.networks.gtrxl, key, "networks.gtrxl.", integer=True)
+        check_number(cfg.networks.gtrxl, key, "networks.gtrxl.", integer=True)
     g = cfg.networks.gtrxl
     if g.width % g.heads or g.width // g.heads not in (32, 64, 128):
-        _fail("networks.gtrxl.heads", g.heads, "width / heads in {32, 64, 128} (attention kernel)")
-    _number(cfg.networks.lstm, "width", "networks.lstm.", integer=True)
+        fail("networks.gtrxl.heads", g.heads, "width / heads in {32, 64, 128} (attention kernel)")
+    check_number(cfg.networks.lstm, "width", "networks.lstm.", integer=True)
     for key in ("lr", "gamma", "max_grad_norm"):
-        _number(cfg.rl, key, "rl.", integer=False)
-    _number(cfg.rl, "epochs", "rl.", integer=True)
+        check_number(cfg.rl, key, "rl.")
+    check_number(cfg.rl, "epochs", "rl.", integer=True)
     if cfg.rl.gamma > 1:
-        _fail("rl.gamma", cfg.rl.gamma, "a discount in (0, 1]")
+        fail("rl.gamma", cfg.rl.gamma, "a discount in (0, 1]")
     for key in ("entropy", "value", "rho_bar", "c_bar", "lam"):
-        _number(cfg.rl, key, "rl.", integer=False, low=-1e-12)
-    _number(cfg.algo, "distill_steps", "algo.", integer=True, low=-1)
-    _number(cfg.algo, "actor_reg", "algo.", integer=False, low=-1e-12)
+        check_number(cfg.rl, key, "rl.", inclusive=True)
+    check_number(cfg.algo, "distill_steps", "algo.", integer=True, inclusive=True)
+    check_number(cfg.algo, "actor_reg", "algo.", inclusive=True)
     for key in ("lr", "value_coef"):
-        _number(cfg.distill, key, "distill.", integer=False)
-    _number(cfg.distill, "replay", "distill.", integer=True)
-    _number(cfg.distill, "context", "distill.", integer=True)
-    if cfg.runtime.name not in RUNTIMES:
-        _fail("runtime.name", cfg.runtime.name, f"one of {tuple(RUNTIMES)}")
+        check_number(cfg.distill, key, "distill.")
+    for key in ("replay", "context"):
+        check_number(cfg.distill, key, "distill.", integer=True)
+    check_choice(cfg.runtime, "name", "runtime.", RUNTIMES)
     for key in ("num_actors", "queue_size", "publish_every"):
-        _number(cfg.runtime, key, "runtime.", integer=True)
+        check_number(cfg.runtime, key, "runtime.", integer=True)
     if cfg.total_steps < cfg.num_envs * cfg.unroll:
-        _fail("total_steps", cfg.total_steps, f">= one unroll, {cfg.num_envs * cfg.unroll}")
+        fail("total_steps", cfg.total_steps, f">= one unroll, {cfg.num_envs * cfg.unroll}")
     for key in ("checkpoint_every", "keep_last", "log_every"):
-        _number(cfg.trainer, key, "trainer.", integer=True)
-    if cfg.logging.wandb_mode not in WANDB_MODES:
-        _fail("logging.wandb_mode", cfg.logging.wandb_mode, f"allowed: {WANDB_MODES}")
+        check_number(cfg.trainer, key, "trainer.", integer=True)
+    check_choice(cfg.logging, "wandb_mode", "logging.", WANDB_MODES)
 
 
 def _spec(cfg: DictConfig, name: str) -> dict:

@@ -29,48 +29,43 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from algo_distill.envs import ENVS, NUM_ACTIONS, DarkGridEnv, all_tasks, split_tasks
+from common.config import check_choice, check_number, fail
 from common.seeding import seed_everything
 
 KINDS = ("learning", "expert")
 
 
-def _fail(field: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{field}={value!r} is not valid: {allowed}")
-
-
 def validate_env(env: DictConfig) -> None:
     """Checks shared by every stage: the environment and its task split."""
-    if env.name not in ENVS:
-        _fail("env.name", env.name, f"allowed: {ENVS}")
-    if not isinstance(env.size, int) or env.size < 3 or env.size % 2 == 0:
-        _fail("env.size", env.size, "an odd integer >= 3 (Dark Room starts at the centre)")
-    if not isinstance(env.episode_len, int) or env.episode_len <= 0:
-        _fail("env.episode_len", env.episode_len, "a positive integer")
+    check_choice(env, "name", "env.", ENVS)
+    check_number(env, "size", "env.", integer=True, low=None)
+    if env.size < 3 or env.size % 2 == 0:
+        fail("env.size", env.size, "an odd integer >= 3 (Dark Room starts at the centre)")
+    check_number(env, "episode_len", "env.", integer=True)
     num_tasks = len(all_tasks(env.name, env.size))
-    if not 0 < env.num_eval_tasks < num_tasks:
-        _fail("env.num_eval_tasks", env.num_eval_tasks, f"an integer in [1, {num_tasks - 1}]")
-    if env.max_train_tasks <= 0:
-        _fail("env.max_train_tasks", env.max_train_tasks, "a positive integer")
+    check_number(
+        env, "num_eval_tasks", "env.", integer=True, low=1, high=num_tasks - 1, inclusive=True
+    )
+    check_number(env, "max_train_tasks", "env.", integer=True)
 
 
 def validate(cfg: DictConfig) -> None:
     """Reject bad values before any work starts, naming the field and what is allowed."""
     validate_env(cfg.env)
     for key in ("num_histories", "history_episodes", "expert_episodes", "shard_size"):
-        if not isinstance(cfg[key], int) or cfg[key] <= 0:
-            _fail(key, cfg[key], "a positive integer")
+        check_number(cfg, key, integer=True)
     source = cfg.source
+    check_number(source, "alpha", "source.", low=None)
     if not 0.0 < source.alpha <= 1.0:
-        _fail("source.alpha", source.alpha, "a learning rate in (0, 1]")
+        fail("source.alpha", source.alpha, "a learning rate in (0, 1]")
+    check_number(source, "gamma", "source.", low=None)
     if not 0.0 <= source.gamma < 1.0:
-        _fail("source.gamma", source.gamma, "a discount in [0, 1)")
+        fail("source.gamma", source.gamma, "a discount in [0, 1)")
     for key in ("epsilon_start", "epsilon_end"):
-        if not 0.0 <= source[key] <= 1.0:
-            _fail(f"source.{key}", source[key], "a probability in [0, 1]")
-    if source.epsilon_decay_episodes <= 0:
-        _fail("source.epsilon_decay_episodes", source.epsilon_decay_episodes, "a positive integer")
+        check_number(source, key, "source.", high=1.0, inclusive=True)
+    check_number(source, "epsilon_decay_episodes", "source.", integer=True)
     if not isinstance(source.backward_replay, bool):
-        _fail("source.backward_replay", source.backward_replay, "true or false")
+        fail("source.backward_replay", source.backward_replay, "true or false")
 
 
 def q_learning(

@@ -31,6 +31,7 @@ from algo_distill.model import AlgorithmDistillationTransformer, build_model
 from algo_distill.rollout import in_context_rollout
 from algo_distill.train import eval_env
 from common.checkpoint import latest_checkpoint, load_checkpoint
+from common.config import check_number
 from common.logging import find_runs
 from common.plotting import plot_curves, save
 
@@ -212,11 +213,8 @@ def evaluate(root: Path, out: Path, cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    if cfg.episodes <= 0 or cfg.copies <= 0 or cfg.speed_episodes <= 0:
-        raise ValueError(
-            f"episodes={cfg.episodes}, copies={cfg.copies}, speed_episodes={cfg.speed_episodes}: "
-            "each must be a positive integer"
-        )
+    for key in ("episodes", "copies", "speed_episodes"):
+        check_number(cfg, key, integer=True)
     out = Path(HydraConfig.get().runtime.output_dir)
     report = evaluate(Path(cfg.runs), out, cfg)
     print(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import hydra
 import numpy as np
@@ -30,6 +29,7 @@ from algo_distill.envs import DarkGridEnv
 from algo_distill.model import build_model, configure_optimizer
 from algo_distill.rollout import in_context_rollout
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from common.config import check_choice, check_number, fail
 from common.device import resolve_device
 from common.logging import WANDB_MODES, open_run
 from common.schedules import warmup_cosine
@@ -38,30 +38,24 @@ from common.seeding import seed_everything
 METHODS = {"algorithm_distillation": "learning", "expert_distillation": "expert"}
 
 
-def _fail(field: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{field}={value!r} is not valid: {allowed}")
-
-
 def validate(cfg: DictConfig) -> None:
     """Reject bad values before any work starts, naming the field and what is allowed."""
-    if cfg.method not in METHODS:
-        _fail("method", cfg.method, f"allowed: {tuple(METHODS)}")
+    check_choice(cfg, "method", "", METHODS)
     if cfg.dataset is None or not (Path(cfg.dataset) / "manifest.json").is_file():
-        _fail("dataset", cfg.dataset, "a directory written by algo_distill.collect")
-    if not isinstance(cfg.context_episodes, int) or cfg.context_episodes <= 0:
-        _fail("context_episodes", cfg.context_episodes, "a positive integer")
+        fail("dataset", cfg.dataset, "a directory written by algo_distill.collect")
+    check_number(cfg, "context_episodes", integer=True)
     model = cfg.model
+    for key in ("hidden", "heads", "layers", "ff"):
+        check_number(model, key, "model.", integer=True)
     if model.hidden % model.heads or model.hidden // model.heads not in (32, 64, 128):
-        _fail(
+        fail(
             "model.heads",
             model.heads,
             f"a divisor of model.hidden={model.hidden} giving a head dim in (32, 64, 128)",
         )
-    for key in ("layers", "ff"):
-        if model[key] <= 0:
-            _fail(f"model.{key}", model[key], "a positive integer")
+    check_number(model, "dropout", "model.", low=None)
     if not 0.0 <= model.dropout < 1.0:
-        _fail("model.dropout", model.dropout, "a probability in [0, 1)")
+        fail("model.dropout", model.dropout, "a probability in [0, 1)")
     for key in (
         "steps",
         "batch_size",
@@ -70,12 +64,9 @@ def validate(cfg: DictConfig) -> None:
         "eval_copies",
         "checkpoint_every",
     ):
-        if not isinstance(cfg.trainer[key], int) or cfg.trainer[key] <= 0:
-            _fail(f"trainer.{key}", cfg.trainer[key], "a positive integer")
-    if cfg.trainer.lr <= 0:
-        _fail("trainer.lr", cfg.trainer.lr, "a positive float")
-    if cfg.logging.wandb_mode not in WANDB_MODES:
-        _fail("logging.wandb_mode", cfg.logging.wandb_mode, f"allowed: {WANDB_MODES}")
+        check_number(cfg.trainer, key, "trainer.", integer=True)
+    check_number(cfg.trainer, "lr", "trainer.")
+    check_choice(cfg.logging, "wandb_mode", "logging.", WANDB_MODES)
 
 
 def eval_env(manifest: dict, copies: int) -> DarkGridEnv:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from causal_seq.data import TASKS, Task, make_task, rollout, sample_theta, token_dim
 from causal_seq.model import MODELS, ModelConfig, build_model, configure_optimizer
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from common.config import check_choice, check_number, fail
 from common.device import resolve_device
 from common.distributed import (
     DistInfo,
@@ -42,45 +43,37 @@ from common.seeding import seed_everything
 TEACHING = ("factual", "counterfactual")
 
 
-def _fail(field: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{field}={value!r} is not valid: {allowed}")
-
-
 def validate(cfg: DictConfig) -> None:
     """Reject bad values before any work starts, naming the field and what is allowed."""
-    if cfg.task.name not in TASKS:
-        _fail("task.name", cfg.task.name, f"allowed: {TASKS}")
-    if cfg.model.name not in MODELS:
-        _fail("model.name", cfg.model.name, f"allowed: {MODELS}")
+    check_choice(cfg.task, "name", "task.", TASKS)
+    check_choice(cfg.model, "name", "model.", MODELS)
     teaching = list(cfg.teaching)
     if not teaching or any(mode not in TEACHING for mode in teaching):
-        _fail("teaching", teaching, f"a non-empty list drawn from {TEACHING}")
+        fail("teaching", teaching, f"a non-empty list drawn from {TEACHING}")
     if len(set(teaching)) != len(teaching):
-        _fail("teaching", teaching, "each mode at most once")
-    if not isinstance(cfg.task.horizon, int) or cfg.task.horizon <= 0:
-        _fail("task.horizon", cfg.task.horizon, "a positive integer")
+        fail("teaching", teaching, "each mode at most once")
+    check_number(cfg.task, "horizon", "task.", integer=True)
     if cfg.task.name == "bandit":
-        if cfg.task.num_arms < 2:
-            _fail("task.num_arms", cfg.task.num_arms, "an integer >= 2")
+        check_number(cfg.task, "num_arms", "task.", integer=True, low=2, inclusive=True)
         for key in ("p_best", "p_other"):
-            if not 0.0 < cfg.task[key] < 1.0:
-                _fail(f"task.{key}", cfg.task[key], "a probability strictly between 0 and 1")
+            check_number(cfg.task, key, "task.", high=1.0)
         if cfg.task.p_best <= cfg.task.p_other:
-            _fail("task.p_best", cfg.task.p_best, f"greater than task.p_other={cfg.task.p_other}")
+            fail("task.p_best", cfg.task.p_best, f"greater than task.p_other={cfg.task.p_other}")
     if cfg.task.name == "grid":
+        check_number(cfg.task, "size", "task.", integer=True, low=None)
         if cfg.task.size < 3 or cfg.task.size % 2 == 0:
-            _fail("task.size", cfg.task.size, "an odd integer >= 3 (the start is the centre)")
+            fail("task.size", cfg.task.size, "an odd integer >= 3 (the start is the centre)")
+        check_number(cfg.task, "signal_noise", "task.", low=None)
         if not 0.0 <= cfg.task.signal_noise < 0.5:
-            _fail("task.signal_noise", cfg.task.signal_noise, "a probability in [0, 0.5)")
-    if cfg.model.name == "transformer" and cfg.model.max_len < cfg.task.horizon:
-        _fail("model.max_len", cfg.model.max_len, f">= task.horizon={cfg.task.horizon}")
+            fail("task.signal_noise", cfg.task.signal_noise, "a probability in [0, 0.5)")
+    if cfg.model.name == "transformer":
+        check_number(cfg.model, "max_len", "model.", integer=True)
+        if cfg.model.max_len < cfg.task.horizon:
+            fail("model.max_len", cfg.model.max_len, f">= task.horizon={cfg.task.horizon}")
     for key in ("steps", "batch_size", "eval_every", "eval_episodes", "checkpoint_every"):
-        if cfg.trainer[key] <= 0:
-            _fail(f"trainer.{key}", cfg.trainer[key], "a positive integer")
-    if cfg.trainer.lr <= 0:
-        _fail("trainer.lr", cfg.trainer.lr, "a positive float")
-    if cfg.logging.wandb_mode not in WANDB_MODES:
-        _fail("logging.wandb_mode", cfg.logging.wandb_mode, f"allowed: {WANDB_MODES}")
+        check_number(cfg.trainer, key, "trainer.", integer=True)
+    check_number(cfg.trainer, "lr", "trainer.")
+    check_choice(cfg.logging, "wandb_mode", "logging.", WANDB_MODES)
 
 
 def build_task(task_cfg: DictConfig) -> Task:

@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from common.checkpoint import latest_checkpoint, load_checkpoint
+from common.config import check_choice, check_number, fail
 from common.device import resolve_device
 from common.plotting import plot_curves
 from gemini_longctx import harness
@@ -103,20 +104,15 @@ def load_run(run_dir: Path, device: torch.device) -> tuple[ModelLM, BPETokenizer
 
 def validate(cfg: DictConfig) -> None:
     """Reject bad values before any work starts, naming the field."""
-    tasks = [cfg.task] if cfg.task != "all" else list(TASKS)
-    for task in tasks:
-        if task not in TASKS:
-            raise ValueError(f"task={cfg.task!r} is not valid: one of {TASKS} or all")
+    check_choice(cfg, "task", "", (*TASKS, "all"))
     if (cfg.run is None) == (cfg.hf_path is None):
         raise ValueError("give exactly one of run=<train run dir> and hf_path=<HF model dir>")
-    if cfg.split not in SPLITS[1:]:
-        raise ValueError(f"split={cfg.split!r} is not valid: val | test")
+    check_choice(cfg, "split", "", SPLITS[1:])
     lengths = list(cfg.lengths)
     if not lengths or any(not isinstance(n, int) or n < 64 for n in lengths):
-        raise ValueError(f"lengths={lengths} is not valid: integers >= 64")
+        fail("lengths", lengths, "integers >= 64")
     for key in ("depths", "trials", "chunk"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ValueError(f"{key}={cfg[key]!r} is not valid: an integer >= 1")
+        check_number(cfg, key, integer=True)
 
 
 def _check_lengths(cfg: DictConfig, lm, lengths: list[int], field: str) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import hydra
 import numpy as np
@@ -29,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from common.config import check_choice, check_number, fail
 from common.device import resolve_device
 from common.distributed import DistInfo, cleanup, init_distributed
 from common.fsdp import PARALLEL, apply_activation_checkpointing, parallelize
@@ -54,70 +54,54 @@ from gemini_longctx.model import FFN_KINDS, LongContextLM, ModelConfig
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def _fail(field: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{field}={value!r} is not valid: {allowed}")
-
-
-def _number(node: DictConfig, key: str, prefix: str, *, integer: bool, low: float = 0.0) -> None:
-    """node[key] must be a number (an int if `integer`) greater than `low`."""
-    value = node[key]
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= low:
-        _fail(prefix + key, value, f"{'an integer' if integer else 'a number'} > {low}")
-
-
 def validate(cfg: DictConfig) -> None:
     """Reject bad values (types and ranges) before any work starts, naming the field."""
     m = cfg.model
     for key in ("dim", "layers", "heads", "kv_heads", "num_experts", "top_k", "expert_hidden"):
-        _number(m, key, "model.", integer=True)
-    _number(m, "moe_every", "model.", integer=True)
-    _number(m, "rope_base", "model.", integer=False, low=1.0)
+        check_number(m, key, "model.", integer=True)
+    for key in ("moe_every", "max_context"):
+        check_number(m, key, "model.", integer=True)
+    check_number(m, "rope_base", "model.", low=1.0)
     for key in ("aux_loss_coef", "z_loss_coef"):
-        _number(m, key, "model.", integer=False, low=-1e-12)
-    if m.ffn not in FFN_KINDS:
-        _fail("model.ffn", m.ffn, f"one of {FFN_KINDS}")
+        check_number(m, key, "model.", inclusive=True)
+    check_choice(m, "ffn", "model.", FFN_KINDS)
     if m.dim % m.heads or m.dim // m.heads not in (32, 64, 128):
-        _fail("model.heads", m.heads, "dim / heads in {32, 64, 128} (attention kernel)")
+        fail("model.heads", m.heads, "dim / heads in {32, 64, 128} (attention kernel)")
     if m.heads % m.kv_heads:
-        _fail("model.kv_heads", m.kv_heads, f"a divisor of model.heads={m.heads}")
+        fail("model.kv_heads", m.kv_heads, f"a divisor of model.heads={m.heads}")
     if m.top_k > m.num_experts:
-        _fail("model.top_k", m.top_k, f"<= model.num_experts={m.num_experts}")
+        fail("model.top_k", m.top_k, f"<= model.num_experts={m.num_experts}")
     if m.capacity_factor is not None:
-        _number(m, "capacity_factor", "model.", integer=False)
-    _number(cfg.data, "vocab_size", "data.", integer=True, low=256)
-    _number(cfg.data, "code_bytes", "data.", integer=True, low=-1)
+        check_number(m, "capacity_factor", "model.")
+    check_number(cfg.data, "vocab_size", "data.", integer=True, low=256)
+    check_number(cfg.data, "code_bytes", "data.", integer=True, inclusive=True)
     for key in ("code_weight", "retrieval_fraction"):
-        value = cfg.data[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-            _fail(f"data.{key}", value, "a fraction in [0, 1]")
-    _number(cfg.data, "max_facts", "data.", integer=True)
+        check_number(cfg.data, key, "data.", high=1.0, inclusive=True)
+    check_number(cfg.data, "max_facts", "data.", integer=True)
     if not cfg.data.prose:
-        _fail("data.prose", list(cfg.data.prose), "at least one of essays, pydoc")
-    if not cfg.stages:
-        _fail("stages", cfg.stages, "a non-empty list of {seq_len, steps}")
-    for i, stage in enumerate(cfg.stages):
-        _number(stage, "seq_len", f"stages[{i}].", integer=True)
-        _number(stage, "steps", f"stages[{i}].", integer=True)
-        if cfg.trainer.tokens_per_step % stage.seq_len:
-            _fail(f"stages[{i}].seq_len", stage.seq_len, "a divisor of trainer.tokens_per_step")
-        if cfg.data.retrieval_fraction > 0 and stage.seq_len < 256:
-            _fail(f"stages[{i}].seq_len", stage.seq_len, ">= 256 when data.retrieval_fraction > 0")
-    if cfg.stages[-1].seq_len > m.max_context:
-        _fail("model.max_context", m.max_context, "at least the last stage's seq_len")
+        fail("data.prose", list(cfg.data.prose), "at least one of essays, pydoc")
     for key in ("tokens_per_step", "warmup", "log_every", "eval_every", "eval_batches"):
-        _number(cfg.trainer, key, "trainer.", integer=True)
+        check_number(cfg.trainer, key, "trainer.", integer=True)
     for key in ("checkpoint_every", "keep_last", "threads"):
-        _number(cfg.trainer, key, "trainer.", integer=True)
+        check_number(cfg.trainer, key, "trainer.", integer=True)
     for key in ("lr", "max_grad_norm"):
-        _number(cfg.trainer, key, "trainer.", integer=False)
-    _number(cfg.trainer, "weight_decay", "trainer.", integer=False, low=-1e-12)
-    if cfg.trainer.parallel not in PARALLEL:
-        _fail("trainer.parallel", cfg.trainer.parallel, f"one of {PARALLEL}")
+        check_number(cfg.trainer, key, "trainer.")
+    check_number(cfg.trainer, "weight_decay", "trainer.", inclusive=True)
+    check_choice(cfg.trainer, "parallel", "trainer.", PARALLEL)
     if cfg.trainer.peak_flops is not None:
-        _number(cfg.trainer, "peak_flops", "trainer.", integer=False)
-    if cfg.logging.wandb_mode not in WANDB_MODES:
-        _fail("logging.wandb_mode", cfg.logging.wandb_mode, f"allowed: {WANDB_MODES}")
+        check_number(cfg.trainer, "peak_flops", "trainer.")
+    if not cfg.stages:
+        fail("stages", cfg.stages, "a non-empty list of {seq_len, steps}")
+    for i, stage in enumerate(cfg.stages):
+        check_number(stage, "seq_len", f"stages[{i}].", integer=True)
+        check_number(stage, "steps", f"stages[{i}].", integer=True)
+        if cfg.trainer.tokens_per_step % stage.seq_len:
+            fail(f"stages[{i}].seq_len", stage.seq_len, "a divisor of trainer.tokens_per_step")
+        if cfg.data.retrieval_fraction > 0 and stage.seq_len < 256:
+            fail(f"stages[{i}].seq_len", stage.seq_len, ">= 256 when data.retrieval_fraction > 0")
+    if cfg.stages[-1].seq_len > m.max_context:
+        fail("model.max_context", m.max_context, "at least the last stage's seq_len")
+    check_choice(cfg.logging, "wandb_mode", "logging.", WANDB_MODES)
 
 
 def model_config(cfg: DictConfig, vocab_size: int) -> ModelConfig:
@@ -258,7 +242,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 else (cfg.trainer.tokens_per_step // stage.seq_len, "batch")
             )
             if split % info.world_size:
-                _fail(f"stages[{i}].seq_len", stage.seq_len, f"a {what} divisible by the ranks")
+                fail(f"stages[{i}].seq_len", stage.seq_len, f"a {what} divisible by the ranks")
     try:
         return _train(cfg, run_dir, device, info, group)
     finally:

@@ -19,7 +19,6 @@ import difflib
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import gymnasium as gym
 import hydra
@@ -30,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from common.config import check_choice, check_number, fail
 from common.device import resolve_device
 from common.logging import WANDB_MODES, open_run
 from common.seeding import seed_everything
@@ -55,56 +55,45 @@ from gmom_ppo.ppo import (
 ALGOS = ("ppo", "gmom")
 
 
-def _fail(field: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{field}={value!r} is not valid: {allowed}")
-
-
 def validate(cfg: DictConfig) -> None:
     """Reject bad values before any work starts, naming the field and what is allowed."""
     if cfg.env.id not in gym.registry:
         close = difflib.get_close_matches(str(cfg.env.id), list(gym.registry), n=3)
-        _fail("env.id", cfg.env.id, f"a registered gymnasium id (close matches: {close})")
-    if cfg.algo.name not in ALGOS:
-        _fail("algo.name", cfg.algo.name, f"allowed: {ALGOS}")
+        fail("env.id", cfg.env.id, f"a registered gymnasium id (close matches: {close})")
+    check_choice(cfg.algo, "name", "algo.", ALGOS)
     for key in ("total_steps", "threads"):
-        if not isinstance(cfg[key], int) or cfg[key] <= 0:
-            _fail(key, cfg[key], "a positive integer")
-    for key in ("num_envs",):
-        if not isinstance(cfg.env[key], int) or cfg.env[key] <= 0:
-            _fail(f"env.{key}", cfg.env[key], "a positive integer")
+        check_number(cfg, key, integer=True)
+    check_number(cfg.env, "num_envs", "env.", integer=True)
     p = cfg.ppo
     for key in ("num_steps", "update_epochs", "num_minibatches", "hidden"):
-        if not isinstance(p[key], int) or p[key] <= 0:
-            _fail(f"ppo.{key}", p[key], "a positive integer")
+        check_number(p, key, "ppo.", integer=True)
     batch = cfg.env.num_envs * p.num_steps
     if batch % p.num_minibatches:
-        _fail("ppo.num_minibatches", p.num_minibatches, f"a divisor of the batch size {batch}")
+        fail("ppo.num_minibatches", p.num_minibatches, f"a divisor of the batch size {batch}")
     for key in ("gamma", "gae_lambda"):
+        check_number(p, key, "ppo.", low=None)
         if not 0.0 < p[key] <= 1.0:
-            _fail(f"ppo.{key}", p[key], "a float in (0, 1]")
+            fail(f"ppo.{key}", p[key], "a float in (0, 1]")
     for key in ("lr", "obs_clip", "reward_clip", "clip_value_range"):
-        if p[key] <= 0:
-            _fail(f"ppo.{key}", p[key], "a positive float")
+        check_number(p, key, "ppo.")
     for key in ("clip_ratio", "max_grad_norm"):
-        if p[key] is not None and p[key] <= 0:
-            _fail(f"ppo.{key}", p[key], "null (off) or a positive float")
+        if p[key] is not None:
+            check_number(p, key, "ppo.", low=None)
+            if p[key] <= 0:
+                fail(f"ppo.{key}", p[key], "null (off) or a positive float")
     if not isinstance(p.clip_value, bool):
-        _fail("ppo.clip_value", p.clip_value, "true or false")
+        fail("ppo.clip_value", p.clip_value, "true or false")
     minibatch = batch // p.num_minibatches
-    if not 1 <= cfg.gmom.num_blocks <= minibatch:
-        _fail("gmom.num_blocks", cfg.gmom.num_blocks, f"an integer in [1, {minibatch}]")
-    if cfg.gmom.tol <= 0 or cfg.gmom.eps <= 0:
-        _fail("gmom.tol/gmom.eps", (cfg.gmom.tol, cfg.gmom.eps), "positive floats")
-    if cfg.gmom.max_iter < 1:
-        _fail("gmom.max_iter", cfg.gmom.max_iter, "an integer >= 1")
-    if not 4 <= cfg.diagnostics.samples <= batch:
-        _fail("diagnostics.samples", cfg.diagnostics.samples, f"an integer in [4, {batch}]")
-    if cfg.diagnostics.every < 1:
-        _fail("diagnostics.every", cfg.diagnostics.every, "an integer >= 1 (iterations)")
-    if cfg.trainer.checkpoint_every < 1:
-        _fail("trainer.checkpoint_every", cfg.trainer.checkpoint_every, "an integer >= 1")
-    if cfg.logging.wandb_mode not in WANDB_MODES:
-        _fail("logging.wandb_mode", cfg.logging.wandb_mode, f"allowed: {WANDB_MODES}")
+    g = cfg.gmom
+    check_number(g, "num_blocks", "gmom.", integer=True, low=1, high=minibatch, inclusive=True)
+    for key in ("tol", "eps"):
+        check_number(g, key, "gmom.")
+    check_number(g, "max_iter", "gmom.", integer=True)
+    d = cfg.diagnostics
+    check_number(d, "samples", "diagnostics.", integer=True, low=4, high=batch, inclusive=True)
+    check_number(d, "every", "diagnostics.", integer=True)
+    check_number(cfg.trainer, "checkpoint_every", "trainer.", integer=True)
+    check_choice(cfg.logging, "wandb_mode", "logging.", WANDB_MODES)
 
 
 def loss_config(cfg: DictConfig) -> LossConfig:
@@ -155,7 +144,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     envs = make_envs(cfg.env.id, cfg.env.num_envs, cfg.seed)
     if not isinstance(envs.single_action_space, gym.spaces.Box):
         envs.close()
-        _fail("env.id", cfg.env.id, "an environment with a continuous (Box) action space")
+        fail("env.id", cfg.env.id, "an environment with a continuous (Box) action space")
     p, num_envs = cfg.ppo, cfg.env.num_envs
     obs_dim = envs.single_observation_space.shape[0]
     act_dim = envs.single_action_space.shape[0]

@@ -23,6 +23,8 @@ from typing import Any
 import gymnasium
 import numpy as np
 
+from common.config import check_number
+
 Info = dict[str, np.ndarray]
 
 
@@ -461,12 +463,11 @@ class MetaDMC(VecEnv):
 # ------------------------------------------------------------------------------------------------
 
 TASK_NAMES = ("memory_length", "popgym", "meta_cartpole", "meta_dmc")
-
-
-def _positive_int(value: Any, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{field}={value!r} must be an integer >= 1")
-    return int(value)
+SIZES = {  # each task's integer keys (all >= 1) and their defaults
+    "memory_length": {"memory_length": 10, "num_bits": 1},
+    "meta_cartpole": {"trials": 16, "proj_dim": 8},
+    "meta_dmc": {"obs_dim": 12, "act_dim": 2, "episode_steps": 1000},
+}
 
 
 def make_env(task_cfg: Any, num_envs: int, seed: int) -> VecEnv:
@@ -478,27 +479,18 @@ def make_env(task_cfg: Any, num_envs: int, seed: int) -> VecEnv:
     act_dim (2), episode_steps (1000). Bad values raise ValueError before any env is built.
     """
     name = _cfg_get(task_cfg, "name", None)
-    num_envs = _positive_int(num_envs, "num_envs")
+    check_number({"num_envs": num_envs}, "num_envs", integer=True)
+    sizes = {key: _cfg_get(task_cfg, key, d) for key, d in SIZES.get(name, {}).items()}
+    for key in sizes:
+        check_number(sizes, key, "task.", integer=True)
     if name == "memory_length":
-        return MemoryLength(
-            num_envs,
-            seed,
-            memory_length=_positive_int(
-                _cfg_get(task_cfg, "memory_length", 10), "task.memory_length"
-            ),
-            num_bits=_positive_int(_cfg_get(task_cfg, "num_bits", 1), "task.num_bits"),
-        )
+        return MemoryLength(num_envs, seed, **sizes)
     if name == "popgym":
         return PopGym(
             num_envs, seed, str(_cfg_get(task_cfg, "env_id", "popgym-RepeatPreviousEasy-v0"))
         )
     if name == "meta_cartpole":
-        return MetaCartPole(
-            num_envs,
-            seed,
-            trials=_positive_int(_cfg_get(task_cfg, "trials", 16), "task.trials"),
-            proj_dim=_positive_int(_cfg_get(task_cfg, "proj_dim", 8), "task.proj_dim"),
-        )
+        return MetaCartPole(num_envs, seed, **sizes)
     if name == "meta_dmc":
         train = list(_cfg_get(task_cfg, "train_tasks", None) or DMC_TRAIN_TASKS)
         test = list(_cfg_get(task_cfg, "test_tasks", None) or DMC_TEST_TASKS)
@@ -518,10 +510,5 @@ def make_env(task_cfg: Any, num_envs: int, seed: int) -> VecEnv:
         tasks = train if split == "train" else test
         if not tasks:
             raise ValueError(f"task.{split}_tasks is empty")
-        obs_dim = _positive_int(_cfg_get(task_cfg, "obs_dim", 12), "task.obs_dim")
-        act_dim = _positive_int(_cfg_get(task_cfg, "act_dim", 2), "task.act_dim")
-        episode_steps = _positive_int(
-            _cfg_get(task_cfg, "episode_steps", 1000), "task.episode_steps"
-        )
-        return MetaDMC(num_envs, seed, tasks, obs_dim, act_dim, episode_steps)
+        return MetaDMC(num_envs, seed, tasks, **sizes)
     raise ValueError(f"task.name={name!r} is not one of {TASK_NAMES}")

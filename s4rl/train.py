@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import gymnasium as gym
 import hydra
@@ -27,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from common.config import check_choice, check_number, fail
 from common.device import resolve_device
 from common.logging import WANDB_MODES, open_run
 from common.seeding import seed_everything
@@ -37,48 +37,39 @@ MODELS = ("s5", "lstm", "gru", "transformer")
 SCANS = ("auto", "reference", "triton", "chunked")
 
 
-def _fail(field: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{field}={value!r} is not valid: {allowed}")
-
-
-def _positive_int(cfg: DictConfig, key: str, prefix: str = "") -> None:
-    if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] <= 0:
-        _fail(prefix + key, cfg[key], "a positive integer")
-
-
 def validate(cfg: DictConfig) -> None:
     """Reject bad values before any work starts, naming the field and what is allowed."""
     for key in ("total_steps", "num_envs", "threads"):
-        _positive_int(cfg, key)
+        check_number(cfg, key, integer=True)
     m = cfg.model
-    if m.name not in MODELS:
-        _fail("model.name", m.name, f"one of {MODELS}")
+    check_choice(m, "name", "model.", MODELS)
     for key in ("width", "layers"):
-        _positive_int(m, key, "model.")
+        check_number(m, key, "model.", integer=True)
     if m.name == "s5":
-        if m.scan not in SCANS:
-            _fail("model.scan", m.scan, f"one of {SCANS}")
+        check_choice(m, "scan", "model.", SCANS)
+        for key in ("state_size", "blocks"):
+            check_number(m, key, "model.", integer=True)
         if m.state_size % (2 * m.blocks):
-            _fail("model.state_size", m.state_size, f"a multiple of 2·model.blocks={2 * m.blocks}")
-    if m.name == "transformer" and m.width % m.heads:
-        _fail("model.heads", m.heads, f"a divisor of model.width={m.width}")
+            fail("model.state_size", m.state_size, f"a multiple of 2·model.blocks={2 * m.blocks}")
+    if m.name == "transformer":
+        check_number(m, "heads", "model.", integer=True)
+        if m.width % m.heads:
+            fail("model.heads", m.heads, f"a divisor of model.width={m.width}")
     p = cfg.ppo
     for key in ("num_steps", "update_epochs", "num_minibatches"):
-        _positive_int(p, key, "ppo.")
+        check_number(p, key, "ppo.", integer=True)
     if cfg.num_envs % p.num_minibatches:
-        _fail("ppo.num_minibatches", p.num_minibatches, f"a divisor of num_envs={cfg.num_envs}")
+        fail("ppo.num_minibatches", p.num_minibatches, f"a divisor of num_envs={cfg.num_envs}")
     for key in ("gamma", "gae_lambda"):
+        check_number(p, key, "ppo.", low=None)
         if not 0.0 < p[key] <= 1.0:
-            _fail(f"ppo.{key}", p[key], "a float in (0, 1]")
+            fail(f"ppo.{key}", p[key], "a float in (0, 1]")
     for key in ("lr", "clip_ratio", "max_grad_norm"):
-        if p[key] <= 0:
-            _fail(f"ppo.{key}", p[key], "a positive float")
+        check_number(p, key, "ppo.")
     if cfg.total_steps < cfg.num_envs * p.num_steps:
-        _fail("total_steps", cfg.total_steps, f">= one rollout, {cfg.num_envs * p.num_steps}")
-    if cfg.trainer.checkpoint_every < 1:
-        _fail("trainer.checkpoint_every", cfg.trainer.checkpoint_every, "an integer >= 1")
-    if cfg.logging.wandb_mode not in WANDB_MODES:
-        _fail("logging.wandb_mode", cfg.logging.wandb_mode, f"allowed: {WANDB_MODES}")
+        fail("total_steps", cfg.total_steps, f">= one rollout, {cfg.num_envs * p.num_steps}")
+    check_number(cfg.trainer, "checkpoint_every", "trainer.", integer=True)
+    check_choice(cfg.logging, "wandb_mode", "logging.", WANDB_MODES)
 
 
 def build_agent(cfg: DictConfig, env) -> ActorCritic:

@@ -74,12 +74,12 @@ def test_bad_config_fails_before_any_work(tmp_path):
         (
             "method",
             "behaviour_cloning",
-            "allowed: ('algorithm_distillation', 'expert_distillation')",
+            "one of ('algorithm_distillation', 'expert_distillation')",
         ),
-        ("context_episodes", 0, "context_episodes=0 is not valid: a positive integer"),
+        ("context_episodes", 0, "context_episodes=0 is not valid: an integer with 0.0 < x"),
         ("model.heads", 4, "model.heads=4 is not valid: a divisor of model.hidden=64"),
         ("trainer.batch_size", 0, "trainer.batch_size=0 is not valid"),
-        ("logging.wandb_mode", "always", "allowed: ('disabled', 'offline', 'online')"),
+        ("logging.wandb_mode", "always", "one of ('disabled', 'offline', 'online')"),
     ],
 )
 def test_bad_train_values_name_the_field(smoke_dataset, key, value, message):
@@ -91,13 +91,26 @@ def test_bad_train_values_name_the_field(smoke_dataset, key, value, message):
     assert message in str(info.value)
 
 
+def test_a_bad_type_names_the_field(smoke_dataset):
+    cfg = compose_config(
+        "train", ["experiment=smoke", f"dataset={smoke_dataset}", "trainer.lr=abc"]
+    )
+    with pytest.raises(ValueError, match=r"^trainer\.lr='abc' is not valid: a number"):
+        validate(cfg)
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("env.name", "watermaze", "env.name='watermaze' is not valid: allowed:"),
-        ("env.num_eval_tasks", 49, "env.num_eval_tasks=49 is not valid: an integer in [1, 48]"),
+        ("env.name", "watermaze", "env.name='watermaze' is not valid: one of"),
+        (
+            "env.num_eval_tasks",
+            49,
+            "env.num_eval_tasks=49 is not valid: an integer with 1 <= x <= 48",
+        ),
         ("source.gamma", 1.0, "source.gamma=1.0 is not valid: a discount in [0, 1)"),
         ("num_histories", 0, "num_histories=0 is not valid"),
+        ("source.alpha", "abc", "source.alpha='abc' is not valid: a number"),
     ],
 )
 def test_bad_collect_values_name_the_field(key, value, message):

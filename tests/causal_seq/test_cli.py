@@ -38,7 +38,7 @@ def test_bad_config_fails_before_training(tmp_path):
         check=False,
     )
     assert result.returncode != 0
-    assert "task.horizon=0 is not valid: a positive integer" in result.stderr
+    assert "task.horizon=0 is not valid: an integer with 0.0 < x" in result.stderr
     assert not (tmp_path / "metrics.jsonl").exists()
 
 

@@ -32,12 +32,12 @@ def test_experiment_overrides_defaults():
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("task.horizon", -3, "task.horizon=-3 is not valid: a positive integer"),
-        ("task.p_best", 1.5, "task.p_best=1.5 is not valid: a probability"),
+        ("task.horizon", -3, "task.horizon=-3 is not valid: an integer with 0.0 < x"),
+        ("task.p_best", 1.5, "task.p_best=1.5 is not valid: a number with 0.0 < x < 1.0"),
         ("task.p_best", 0.1, "greater than task.p_other"),
         ("teaching", ["factual", "imitation"], "drawn from ('factual', 'counterfactual')"),
         ("trainer.batch_size", 0, "trainer.batch_size=0"),
-        ("logging.wandb_mode", "always", "allowed: ('disabled', 'offline', 'online')"),
+        ("logging.wandb_mode", "always", "one of ('disabled', 'offline', 'online')"),
     ],
 )
 def test_bad_values_name_the_field(key, value, message):
@@ -47,6 +47,11 @@ def test_bad_values_name_the_field(key, value, message):
     with pytest.raises(ValueError) as info:
         validate(cfg)
     assert message in str(info.value)
+
+
+def test_a_bad_type_names_the_field():
+    with pytest.raises(ValueError, match=r"^trainer\.lr='abc' is not valid: a number"):
+        validate(_compose(["trainer.lr=abc"]))
 
 
 def test_unknown_task_and_short_transformer_context():
@@ -59,5 +64,5 @@ def test_unknown_task_and_short_transformer_context():
     cfg = _compose([])
     with open_dict(cfg):
         cfg.task.name = "maze"
-    with pytest.raises(ValueError, match=r"task.name='maze' is not valid: allowed: \('bandit'"):
+    with pytest.raises(ValueError, match=r"task.name='maze' is not valid: one of \('bandit'"):
         validate(cfg)

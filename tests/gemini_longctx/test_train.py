@@ -62,6 +62,8 @@ def test_smoke_train_stages_and_resume_equals_uninterrupted(tmp_path):
         ("trainer.lr=abc", "trainer.lr"),
         ("trainer.tokens_per_step=1000", "stages[0].seq_len"),
         ("model.max_context=1024", "model.max_context"),
+        ("model.max_context=abc", "model.max_context"),
+        ("trainer.tokens_per_step=abc", "trainer.tokens_per_step"),
         ("data.retrieval_fraction=1.5", "data.retrieval_fraction"),
         ("data.prose=[]", "data.prose"),
         ("data.vocab_size=100", "data.vocab_size"),

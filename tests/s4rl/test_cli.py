@@ -123,6 +123,7 @@ def test_every_tier_composes_and_validates(experiment, model):
         ("ppo.num_minibatches=3", "ppo.num_minibatches=3 is not valid: a divisor of num_envs"),
         ("model.scan=fast", "model.scan='fast' is not valid"),
         ("ppo.gamma=1.5", "ppo.gamma=1.5 is not valid"),
+        ("ppo.lr=abc", "ppo.lr='abc' is not valid: a number"),
         ("total_steps=10", "total_steps=10 is not valid: >= one rollout"),
         ("logging.wandb_mode=cloud", "logging.wandb_mode='cloud' is not valid"),
     ],
