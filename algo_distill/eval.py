@@ -34,6 +34,7 @@ from common.checkpoint import latest_checkpoint, load_checkpoint
 from common.config import check_number
 from common.logging import find_runs
 from common.plotting import plot_curves, save
+from common.stats import summarize
 
 SOURCE, OPTIMAL = "source Q-learning", "optimal policy"
 LABELS = {"algorithm_distillation": "AD", "expert_distillation": "ED"}
@@ -107,14 +108,15 @@ def kv_cache_speed(run_dir: Path, episodes: int, copies: int, seed: int) -> dict
 
 
 def summarise(curves: np.ndarray, optimal: float) -> dict:
-    """First- and last-episode return (mean ± std over seeds) and last as a fraction of optimal."""
+    """First- and last-episode return (mean, sample std over seeds: `common.stats.summarize`,
+    std NaN for one seed) and last as a fraction of optimal."""
     last = curves[:, -5:].mean(1)
-    return {
-        "seeds": len(curves),
-        "first": (float(curves[:, 0].mean()), float(curves[:, 0].std())),
-        "last5": (float(last.mean()), float(last.std())),
-        "fraction_of_optimal": (float(last.mean() / optimal), float(last.std() / optimal)),
-    }
+    spreads = {"first": curves[:, 0], "last5": last, "fraction_of_optimal": last / optimal}
+    table = {"seeds": len(curves)}
+    for key, values in spreads.items():
+        spread = summarize(values)
+        table[key] = (spread.mean, spread.std)
+    return table
 
 
 def results_markdown(table: dict[str, dict], optimal: float) -> str:
@@ -124,12 +126,13 @@ def results_markdown(table: dict[str, dict], optimal: float) -> str:
         "| policy | return, episode 1 | return, last 5 episodes | fraction of optimal | seeds |",
         "|---|---|---|---|---|",
     ]
+
+    def cell(mean: float, std: float) -> str:
+        return f"{mean:.2f}" if np.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
     for name, row in table.items():
-        (f, fs), (last, ls), (frac, frs) = row["first"], row["last5"], row["fraction_of_optimal"]
-        lines.append(
-            f"| {name} | {f:.2f} ± {fs:.2f} | {last:.2f} ± {ls:.2f} | {frac:.2f} ± {frs:.2f} | "
-            f"{row['seeds']} |"
-        )
+        cells = [cell(*row[key]) for key in ("first", "last5", "fraction_of_optimal")]
+        lines.append(f"| {name} | {' | '.join(cells)} | {row['seeds']} |")
     return "\n".join(lines)
 
 
@@ -137,7 +140,7 @@ def make_plots(
     curves: dict[str, np.ndarray], optimal: float, episode_len: int, out: Path
 ) -> list[Path]:
     """Return vs episode (in-context episodes for AD/ED, learning episodes for the source) and
-    return vs environment steps, mean ± std over seeds."""
+    return vs environment steps, mean ± sample std over seeds (`plot_curves`)."""
     episodes = max(c.shape[1] for c in curves.values())
     shown = {**curves, OPTIMAL: np.full((1, episodes), optimal)}
     paths = []

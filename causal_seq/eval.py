@@ -5,10 +5,11 @@
 For every run found under `runs`, loads the latest checkpoint and rolls out, on the same latents
 and sampling seed: the expert (knows θ), exact posterior sampling (Thompson sampling / the
 Bayesian control rule: the target of counterfactual teaching) and each trained model. Reports,
-mean ± std over seeds: the probability of an optimal action late in the episode, cumulative
-regret against the expert, and the distance of each model's action distribution from the
-posterior-sampling policy computed with the do-posterior and with the conditioning posterior
-(§3–4 of the report). Writes results.md / results.json and plots next to the runs.
+mean ± sample std (ddof = 1, `common.stats`) over seeds: the probability of an optimal action
+late in the episode, cumulative regret against the expert, and the distance of each model's
+action distribution from the posterior-sampling policy computed with the do-posterior and with
+the conditioning posterior (§3–4 of the report). Writes results.md / results.json and plots
+next to the runs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from causal_seq.train import build_task, model_config
 from common.checkpoint import latest_checkpoint, load_checkpoint
 from common.logging import find_runs
 from common.plotting import plot_curves, save
+from common.stats import summarize
 
 EXPERT, POSTERIOR = "expert (knows θ)", "Thompson sampling (exact posterior)"
 
@@ -96,7 +98,8 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int, late_fraction: float) 
 
 
 def aggregate(results: list[dict]) -> dict[str, dict[str, dict]]:
-    """task -> policy -> {metric: (mean, std), seeds, curves (seeds, T)} over seeds.
+    """task -> policy -> {metric: (mean, sample std), seeds, curves (seeds, T)} over seeds; a
+    seed whose metric is NaN (undefined) is left out of it, std is NaN for fewer than 2 seeds.
 
     The reference policies depend only on the task and seed, so each counts once per seed."""
     seen: set[tuple] = set()
@@ -114,8 +117,9 @@ def aggregate(results: list[dict]) -> dict[str, dict[str, dict]]:
         for name, summaries in policies.items():
             entry = {"seeds": len(summaries)}
             for metric in ("late_optimal", "regret", "return", "tv_do", "tv_cond"):
-                values = np.array([s[metric] for s in summaries], dtype=float)
-                entry[metric] = (float(np.nanmean(values)), float(np.nanstd(values)))
+                values = [s[metric] for s in summaries if not np.isnan(s[metric])]
+                spread = summarize(values) if values else None
+                entry[metric] = (spread.mean, spread.std) if spread else (np.nan, np.nan)
             entry["curves"] = {
                 k: np.array([s["curves"][k] for s in summaries]) for k in summaries[0]["curves"]
             }
@@ -138,7 +142,7 @@ def results_markdown(table: dict[str, dict[str, dict]]) -> str:
         mean, std = entry[metric]
         if references or np.isnan(mean):
             return "—"
-        return f"{mean:.3f} ± {std:.3f}"
+        return f"{mean:.3f}" if np.isnan(std) else f"{mean:.3f} ± {std:.3f}"
 
     for task in sorted(table):
         for name in sorted(table[task], key=_order):

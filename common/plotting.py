@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from common.stats import std_over_seeds  # noqa: E402
+
 
 def plot_curves(
     curves: Mapping[str, np.ndarray],
@@ -22,7 +24,9 @@ def plot_curves(
     title: str = "",
     ax: plt.Axes | None = None,
 ) -> Path | None:
-    """Plot mean ± std over seeds of each curve; `curves[label]` has shape (seeds, points).
+    """Plot the mean over seeds of each curve with a band of ± the sample std (ddof = 1,
+    `common.stats.std_over_seeds`: none where fewer than two seeds have a value);
+    `curves[label]` has shape (seeds, points); NaNs are left out.
 
     With `ax`, draw into it and leave saving to the caller (returns None).
     """
@@ -33,7 +37,7 @@ def plot_curves(
         values = np.atleast_2d(np.asarray(values, dtype=float))
         xs = np.arange(values.shape[1]) if x is None else np.asarray(x)
         mean = np.nanmean(values, axis=0)
-        std = np.nanstd(values, axis=0)
+        std = std_over_seeds(values)
         (line,) = ax.plot(xs, mean, label=f"{label} (n={values.shape[0]})")
         ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set_xlabel(xlabel)

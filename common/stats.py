@@ -5,6 +5,7 @@ Student-t interval of the mean for threshold claims."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,6 +60,15 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
     std = float(x.std(ddof=1))
     half = _t_quantile(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
     return Summary(mean, std, n, mean - half, mean + half)
+
+
+def std_over_seeds(curves: np.ndarray) -> np.ndarray:
+    """Sample std (ddof = 1) over seeds (axis 0) of per-seed curves (seeds, points), NaNs left
+    out; NaN at a point with fewer than two values (one seed has no spread: no band to draw)."""
+    x = np.atleast_2d(np.asarray(curves, dtype=np.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "degrees of freedom <= 0": the NaNs
+        return np.nanstd(x, axis=0, ddof=1)
 
 
 def format_summary(s: Summary, digits: int = 2) -> str:

@@ -4,10 +4,10 @@
 
 Reads each run's metrics.jsonl (training episodic returns, as CleanRL reports them, and the
 kurtosis probes of `diagnostics.enabled=true`) and writes, next to the runs in `eval/`:
-results.md / results.json (final return mean ± std over seeds, steps/s, kurtosis at the first
-and last epoch of an update), returns.png, kurtosis_vs_step.png (probes at the start of an
-update, Garg et al. Fig. 1–2) and kurtosis_vs_epoch.png (median over probed updates of the
-probe at each epoch, the off-policy axis of Fig. 3).
+results.md / results.json (final return mean ± sample std (ddof = 1) over seeds, steps/s,
+kurtosis at the first and last epoch of an update), returns.png, kurtosis_vs_step.png (probes
+at the start of an update, Garg et al. Fig. 1–2) and kurtosis_vs_epoch.png (median over probed
+updates of the probe at each epoch, the off-policy axis of Fig. 3).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.logging import find_runs, read_metrics
 from common.plotting import plot_curves, save
+from common.stats import summarize
 
 KURTOSIS = (
     "kurtosis/actor_grad_norm",
@@ -90,7 +91,8 @@ def _probe_array(run: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def aggregate(runs: list[dict], grid_points: int) -> dict[str, dict[str, dict]]:
-    """env -> algo -> curves (seeds, points) and scalars (mean, std over seeds)."""
+    """env -> algo -> curves (seeds, points) and scalars (mean, sample std over seeds: NaN for
+    one seed; both NaN if a seed has no value)."""
     grouped: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         grouped[run["env"]][run["algo"]].append(run)
@@ -105,8 +107,9 @@ def aggregate(runs: list[dict], grid_points: int) -> dict[str, dict[str, dict]]:
                 [np.interp(grid, r["return_steps"], r["returns"]) for r in members]
             )
             for key in ("final_return", "steps_per_s", "rollout_fraction"):
-                values = np.array([r[key] for r in members], dtype=float)
-                entry[key] = (float(np.mean(values)), float(np.std(values)))
+                values = [r[key] for r in members]
+                spread = None if np.isnan(values).any() else summarize(values)
+                entry[key] = (spread.mean, spread.std) if spread else (np.nan, np.nan)
             entry["final_returns"] = {r["seed"]: r["final_return"] for r in members}
             entry["steps"] = min(r["last_step"] for r in members)
             if all(r["probes"] for r in members):
@@ -128,6 +131,9 @@ def _ordered(algos) -> list[str]:
 
 
 def _pm(pair: tuple[float, float], digits: int = 0) -> str:
+    """mean ± sample std; the mean alone where std is NaN (one seed, or a seed without a value)."""
+    if np.isnan(pair[1]):
+        return f"{pair[0]:,.{digits}f}"
     return f"{pair[0]:,.{digits}f} ± {pair[1]:,.{digits}f}"
 
 

@@ -7,8 +7,8 @@ are rolled out on fresh episodes (`episodes` environments × `episodes_per_env` 
 row, the memory carried through them as in training; greedy actions by default; meta_cartpole
 gets `trials` trials per meta-episode, 32 as in the paper's evaluation; meta_dmc runs are rolled
 out on the `dmc_split` tasks, the held-out ones by default) with the memory in its one-step mode.
-Written next to the runs in `eval/`: results.md / results.json (per task and
-model, mean ± std over seeds: final training return, evaluation return and success, env
+Written next to the runs in `eval/`: results.md / results.json (per task and model, mean ±
+sample std (ddof = 1) over seeds: final training return, evaluation return and success, env
 steps/s), `<task>_returns.png` (training return vs env steps), `success_vs_memory_length.png`
 (the memory-length study, §5.1) and `<task>_trials.png` (meta-RL: return of each trial of a
 meta-episode vs the trial's index, §5.3).
@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from common.checkpoint import latest_checkpoint, load_checkpoint
 from common.logging import find_runs, read_metrics
 from common.plotting import plot_curves, save
+from common.stats import summarize
 from s4rl.envs import make_env
 from s4rl.train import build_agent
 
@@ -122,9 +123,14 @@ def load_run(run_dir: Path, ecfg: DictConfig) -> dict:
 
 
 def _mean_std(values: list[float]) -> str:
+    """mean ± sample std (ddof = 1) over seeds, the mean alone for one seed; "—" without values,
+    "nan" if a seed has none (no episode ended in the final stretch)."""
     if not values:
         return "—"
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+    if np.isnan(values).any():
+        return "nan"
+    spread = summarize(values)
+    return f"{spread.mean:.3f}" if spread.n == 1 else f"{spread.mean:.3f} ± {spread.std:.3f}"
 
 
 def summarise(runs: list[dict], out_dir: Path, grid_points: int) -> str:
@@ -195,7 +201,7 @@ def summarise(runs: list[dict], out_dir: Path, grid_points: int) -> str:
         for model in sorted(by_model, key=lambda m: order.get(m, 99)):
             lengths = sorted(by_model[model])
             means = [np.mean(by_model[model][n]) for n in lengths]
-            stds = [np.std(by_model[model][n]) for n in lengths]
+            stds = [summarize(by_model[model][n]).std for n in lengths]  # NaN: one seed
             ax.errorbar(lengths, means, yerr=stds, marker="o", capsize=3, label=model)
         ax.set_xscale("log")
         lengths = sorted({r["memory_length"] for r in memory})

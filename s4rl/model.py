@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.kernels.attention import attention
+from common.kernels.backend import resolve_backend
 from common.kernels.scan import linear_scan, linear_scan_chunked
+from common.kernels.scan.triton import TRITON_DTYPES
 
 # ----------------------------------------------------------------------------------------- S5
 
@@ -51,6 +53,8 @@ class S5SSM(nn.Module):
     the block-diagonal initialisation), B̃ = V⁻¹B and C̃ = CV in its eigenbasis. Conjugate
     symmetry: only one eigenvalue of each conjugate pair is kept (P = state_size / 2), hence 2·Re.
     `resettable=False` ignores episode starts, so the state leaks across episodes (the ablation).
+    `scan`: auto (the Triton kernel for CUDA tensors, the chunked scan otherwise) | reference |
+    triton | chunked, see `scan_path`.
     """
 
     def __init__(
@@ -112,6 +116,14 @@ class S5SSM(nn.Module):
         dtype = self.d.dtype.to_complex()
         return torch.zeros(batch, self.state_size, dtype=dtype, device=self.d.device)
 
+    def scan_path(self, a: torch.Tensor, b: torch.Tensor) -> str:
+        """The scan `forward` runs on (a, b): `auto` is "triton" where `linear_scan`'s dispatch
+        picks the Triton kernel (CUDA tensors) and "chunked" elsewhere; other values as given."""
+        if self.scan != "auto":
+            return self.scan
+        triton = resolve_backend("auto", a, b, dtypes=TRITON_DTYPES) == "triton"
+        return "triton" if triton else "chunked"
+
     def forward(
         self, u: torch.Tensor, reset: torch.Tensor, state: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,10 +132,11 @@ class S5SSM(nn.Module):
         bu = u.to(b_bar.dtype) @ b_bar.T  # (B, T, P)
         a = lam_bar.expand_as(bu)
         reset = reset if self.resettable else None
-        if self.scan == "chunked":
+        path = self.scan_path(a, bu)
+        if path == "chunked":
             x, last = linear_scan_chunked(a, bu, reset, state)
         else:
-            x, last = linear_scan(a, bu, reset=reset, h0=state, backend=self.scan)
+            x, last = linear_scan(a, bu, reset=reset, h0=state, backend=path)
         return 2 * (x @ c_tilde.T).real + self.d * u, last
 
     def step(

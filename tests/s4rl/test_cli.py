@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from torch._subclasses.fake_tensor import FakeTensorMode
 
+from s4rl.model import build_core
 from s4rl.train import compute_gae, run, validate
 from tests.entry_points import run_module
 
@@ -114,6 +116,35 @@ def test_device_cuda_without_cuda_fails_before_any_output(tmp_path):
 @pytest.mark.parametrize("model", MODELS)
 def test_every_tier_composes_and_validates(experiment, model):
     validate(_compose([f"experiment={experiment}", f"model={model}"]))
+
+
+TIERS = ("smoke", "small", "small_popgym", "paper", "paper_meta")
+
+
+@pytest.mark.parametrize("experiment", TIERS)
+@pytest.mark.parametrize("model", ["s5", "s5_noreset"])
+def test_s5_config_scans_with_triton_on_cuda_and_chunked_on_cpu(experiment, model):
+    """The composed config's S5 runs the Triton scan on CUDA tensors (fake ones: no GPU needed)
+    and the chunked scan on CPU tensors, bit for bit what `model.scan=chunked` computes."""
+    overrides = [f"experiment={experiment}", f"model={model}"]
+    cfg = _compose(overrides).model
+    ssm = build_core(cfg).blocks[0].ssm
+    shape = (2, 5, ssm.state_size)
+    with FakeTensorMode():
+        cuda = torch.zeros(shape, dtype=torch.complex64, device="cuda")
+        assert ssm.scan_path(cuda, cuda) == "triton"
+    cpu = torch.zeros(shape, dtype=torch.complex64)
+    assert ssm.scan_path(cpu, cpu) == "chunked"
+
+    torch.manual_seed(1)
+    x, reset = torch.randn(3, 7, cfg.width), torch.rand(3, 7) < 0.3
+    outputs = []
+    for extra in ([], ["model.scan=chunked"]):
+        torch.manual_seed(0)
+        core = build_core(_compose(overrides + extra).model)
+        outputs.append(core(x, reset, core.initial_state(3)))
+    for got, chunked in zip(*outputs, strict=True):
+        assert torch.equal(got, chunked)
 
 
 @pytest.mark.parametrize(
