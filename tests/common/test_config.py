@@ -5,8 +5,17 @@ from common.config import check_choice, check_number
 
 @pytest.mark.parametrize(
     "value, kwargs",
-    [("abc", {}), (True, {}), (0, {}), (-1.5, {}), (2.5, {"integer": True}), (3, {"high": 3}),
-     (None, {}), ([1], {}), (1.5, {"low": 0, "high": 1, "inclusive": True})],
+    [
+        ("abc", {}),
+        (True, {}),
+        (0, {}),
+        (-1.5, {}),
+        (2.5, {"integer": True}),
+        (3, {"high": 3}),
+        (None, {}),
+        ([1], {}),
+        (1.5, {"low": 0, "high": 1, "inclusive": True}),
+    ],
 )
 def test_bad_values_and_types_name_the_field(value, kwargs):
     with pytest.raises(ValueError, match=r"trainer\.lr=.* is not valid"):
@@ -15,8 +24,13 @@ def test_bad_values_and_types_name_the_field(value, kwargs):
 
 @pytest.mark.parametrize(
     "value, kwargs",
-    [(1, {"integer": True}), (0.1, {}), (0, {"low": 0, "inclusive": True}),
-     (1.0, {"low": 0, "high": 1, "inclusive": True}), (-5, {"low": None})],
+    [
+        (1, {"integer": True}),
+        (0.1, {}),
+        (0, {"low": 0, "inclusive": True}),
+        (1.0, {"low": 0, "high": 1, "inclusive": True}),
+        (-5, {"low": None}),
+    ],
 )
 def test_good_values_pass(value, kwargs):
     check_number({"x": value}, "x", **kwargs)
