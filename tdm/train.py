@@ -51,15 +51,9 @@ def validate(cfg: DictConfig) -> None:
     else:
         for key in ("hidden", "layers", "members"):
             check_number(m, key, "model.", integer=True)
+    check_number(m, "batch_size", "model.", integer=True)
     t = cfg.trainer
-    for key in (
-        "steps",
-        "batch_size",
-        "eval_every",
-        "eval_batches",
-        "checkpoint_every",
-        "keep_last",
-    ):
+    for key in ("steps", "eval_every", "eval_batches", "checkpoint_every", "keep_last"):
         check_number(t, key, "trainer.", integer=True)
     check_number(t, "warmup_steps", "trainer.", integer=True, low=0, inclusive=True)
     check_number(t, "grad_clip", "trainer.")
@@ -276,7 +270,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         disable=not cfg.logging.progress,
     )
     for step in bar:
-        loss = batch_loss(model, cfg.model, train, t.batch_size, gen)
+        loss = batch_loss(model, cfg.model, train, cfg.model.batch_size, gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
