@@ -27,7 +27,8 @@ from tqdm import tqdm
 from common.config import check_number, fail
 from common.seeding import seed_everything
 from tdm.envs import TASKS, family_split, make_env
-from tdm.planners import KINDS, Planner
+from tdm.planners import Planner
+from tdm.planners import check_config as check_planner
 
 FAMILY = "family"
 
@@ -46,10 +47,7 @@ def validate(cfg: DictConfig) -> None:
         check_number(cfg.noise_levels, i, "noise_levels.", low=0.0, inclusive=True)
     for key in ("val", "test"):
         check_number(cfg.split, key, "split.", low=0.0, high=0.5)
-    if cfg.expert.kind not in KINDS:
-        fail("expert.kind", cfg.expert.kind, f"one of {KINDS}")
-    for key in ("horizon", "candidates", "iterations", "elites"):
-        check_number(cfg.expert, key, "expert.", integer=True)
+    check_planner(cfg.expert, "expert.")
     if cfg.action_repeat is not None:
         check_number(cfg, "action_repeat", integer=True)
 
@@ -60,20 +58,6 @@ def tasks_of(cfg: DictConfig) -> tuple[list[str], list[str]]:
         train, heldout = family_split(cfg.env_seed)
         return train + heldout, heldout
     return [cfg.task], []
-
-
-def expert_planner(cfg: DictConfig, act_dim: int, seed: int) -> Planner:
-    e = cfg.expert
-    return Planner(
-        e.kind,
-        act_dim,
-        horizon=e.horizon,
-        candidates=e.candidates,
-        noise_std=e.noise_std,
-        iterations=e.iterations,
-        elites=e.elites,
-        seed=seed,
-    )
 
 
 def true_score(env):
@@ -172,7 +156,7 @@ def collect_task(cfg: DictConfig, task: str, out: Path, index: int) -> dict:
     seed = cfg.seed * 1000 + index
     env = make_env(task, seed, cfg.action_repeat)
     rng = np.random.default_rng(seed)
-    planner = expert_planner(cfg, env.act_dim, seed)
+    planner = Planner.from_config(cfg.expert, env.act_dim, seed)
     score = true_score(env)
 
     def expert(_obs):

@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from common.config import check_choice, check_number, fail
+from common.config import check_number, fail
 from common.logging import find_runs
 from common.plotting import plot_curves, save
 from common.stats import format_summary, summarize
@@ -31,7 +31,8 @@ from tdm.collect import true_score
 from tdm.data import load_manifest, load_task
 from tdm.envs import make_env
 from tdm.model import History, MLPDynamics
-from tdm.planners import KINDS, Planner
+from tdm.planners import Planner
+from tdm.planners import check_config as check_planner
 from tdm.train import load_model
 
 EVAL_SEED = 10_000
@@ -41,10 +42,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.runs is None or cfg.dataset is None:
         fail("runs" if cfg.runs is None else "dataset", None, "a directory")
     check_number(cfg, "plan_episodes", integer=True)
-    check_choice(cfg.planner, "kind", "planner.", KINDS)
-    for key in ("horizon", "candidates", "iterations", "elites"):
-        check_number(cfg.planner, key, "planner.", integer=True)
-    check_number(cfg.planner, "noise_std", "planner.")
+    check_planner(cfg.planner, "planner.")
     check_number(cfg.kstep, "max_k", "kstep.", integer=True)
     check_number(cfg.kstep, "starts", "kstep.", integer=True)
 
@@ -57,27 +55,13 @@ def label(run_cfg: DictConfig) -> str:
     return name
 
 
-def make_planner(cfg: DictConfig, act_dim: int, seed: int) -> Planner:
-    p = cfg.planner
-    return Planner(
-        p.kind,
-        act_dim,
-        horizon=p.horizon,
-        candidates=p.candidates,
-        noise_std=p.noise_std,
-        iterations=p.iterations,
-        elites=p.elites,
-        seed=seed,
-    )
-
-
 def episode(cfg: DictConfig, task: str, index: int, model, context: int) -> tuple[float, float]:
     """One evaluation episode; model None = the true simulator. Returns (return, decisions/s)."""
     env = make_env(task, EVAL_SEED + index)
     obs = torch.from_numpy(env.reset())[None]
     actions = torch.zeros(0, env.act_dim)
     rewards = torch.zeros(0)
-    planner = make_planner(cfg, env.act_dim, cfg.seed + index)
+    planner = Planner.from_config(cfg.planner, env.act_dim, cfg.seed + index)
     gen = torch.Generator().manual_seed(cfg.seed + index)
     policy = getattr(model, "role", None) == "policy"
     start = time.perf_counter()

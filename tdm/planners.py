@@ -25,6 +25,16 @@ KINDS = ("random", "proposal", "cem")
 Score = Callable[[torch.Tensor], torch.Tensor]
 
 
+def check_config(node, prefix: str) -> None:
+    """Planner settings (a config node or dict): bad values fail naming `prefix` + the key."""
+    check_choice(node, "kind", prefix, KINDS)
+    for key in ("horizon", "candidates", "iterations", "elites"):
+        check_number(node, key, prefix, integer=True)
+    check_number(node, "noise_std", prefix)
+    if node["kind"] == "cem" and node["elites"] > node["candidates"]:
+        raise ValueError(f"{prefix}elites={node['elites']} is not valid: <= {prefix}candidates")
+
+
 class Planner:
     def __init__(
         self,
@@ -38,25 +48,37 @@ class Planner:
         elites: int = 16,
         seed: int = 0,
     ):
-        cfg = {
-            "kind": kind,
-            "horizon": horizon,
-            "candidates": candidates,
-            "noise_std": noise_std,
-            "iterations": iterations,
-            "elites": elites,
-        }
-        check_choice(cfg, "kind", "planner.", KINDS)
-        for key in ("horizon", "candidates", "iterations", "elites"):
-            check_number(cfg, key, "planner.", integer=True)
-        check_number(cfg, "noise_std", "planner.")
-        if kind == "cem" and elites > candidates:
-            raise ValueError(f"planner.elites={elites} is not valid: <= planner.candidates")
+        check_config(
+            {
+                "kind": kind,
+                "horizon": horizon,
+                "candidates": candidates,
+                "noise_std": noise_std,
+                "iterations": iterations,
+                "elites": elites,
+            },
+            "planner.",
+        )
         self.kind, self.act_dim = kind, act_dim
         self.horizon, self.candidates = horizon, candidates
         self.noise_std, self.iterations, self.elites = noise_std, iterations, elites
         self.generator = torch.Generator().manual_seed(seed)
         self.reset()
+
+    @classmethod
+    def from_config(cls, node, act_dim: int, seed: int) -> Planner:
+        """A planner from a config node with kind, horizon, candidates, noise_std, iterations
+        and elites (tdm.collect's `expert`, tdm.eval's `planner`)."""
+        return cls(
+            node.kind,
+            act_dim,
+            horizon=node.horizon,
+            candidates=node.candidates,
+            noise_std=node.noise_std,
+            iterations=node.iterations,
+            elites=node.elites,
+            seed=seed,
+        )
 
     def reset(self) -> None:
         """Forget the previous plan (call at every episode start)."""
