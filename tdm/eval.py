@@ -43,6 +43,7 @@ def validate(cfg: DictConfig) -> None:
         fail("runs" if cfg.runs is None else "dataset", None, "a directory")
     check_number(cfg, "plan_episodes", integer=True)
     check_planner(cfg.planner, "planner.")
+    check_number(cfg, "rank_every", integer=True, low=0, inclusive=True)
     check_number(cfg.kstep, "max_k", "kstep.", integer=True)
     check_number(cfg.kstep, "starts", "kstep.", integer=True)
 
@@ -55,8 +56,16 @@ def label(run_cfg: DictConfig) -> str:
     return name
 
 
-def episode(cfg: DictConfig, task: str, index: int, model, context: int) -> tuple[float, float]:
-    """One evaluation episode; model None = the true simulator. Returns (return, decisions/s)."""
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Rank correlation of two score vectors (Pearson correlation of their ranks)."""
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def episode(cfg: DictConfig, task: str, index: int, model, context: int) -> dict:
+    """One evaluation episode; model None = the true simulator. Returns its return, planning
+    decisions/s and, for a learned model every `rank_every` decisions, the rank correlation
+    between the model's and the true simulator's returns of the candidates it scored first."""
     env = make_env(task, EVAL_SEED + index)
     obs = torch.from_numpy(env.reset())[None]
     actions = torch.zeros(0, env.act_dim)
@@ -64,31 +73,42 @@ def episode(cfg: DictConfig, task: str, index: int, model, context: int) -> tupl
     planner = Planner.from_config(cfg.planner, env.act_dim, cfg.seed + index)
     gen = torch.Generator().manual_seed(cfg.seed + index)
     policy = getattr(model, "role", None) == "policy"
-    start = time.perf_counter()
-    for _ in range(env.episode_len):
+    seconds, ranking = 0.0, []
+    for t in range(env.episode_len):
         history = History(obs, actions, rewards)
+        scored = []
+
+        def score(a, h=history, scored=scored):
+            if model is None:
+                returns = true_score(env)(a)
+            elif isinstance(model, MLPDynamics):
+                returns = model.imagine(h, a, gen)[0].sum(1)
+            else:
+                returns = model.imagine(h, a, context=context)[0].sum(1)
+            scored.append((a, returns))
+            return returns
+
+        start = time.perf_counter()
         if policy:
             action = model.act(history, context=context).numpy()
         else:
-            if model is None:
-                score = true_score(env)
-            elif isinstance(model, MLPDynamics):
-
-                def score(a, h=history):
-                    return model.imagine(h, a, gen)[0].sum(1)
-            else:
-
-                def score(a, h=history):
-                    return model.imagine(h, a, context=context)[0].sum(1)
-
             action = planner.act(score)
+        seconds += time.perf_counter() - start
+        if model is not None and not policy and cfg.rank_every and t % cfg.rank_every == 0:
+            a, predicted = scored[0]
+            true = env.simulate(env.get_state(), a.numpy()).sum(1)
+            ranking.append(spearman(predicted.cpu().numpy(), true))
         o, r, done = env.step(action)
         obs = torch.cat([obs, torch.from_numpy(o)[None]])
         actions = torch.cat([actions, torch.as_tensor(action, dtype=torch.float32)[None]])
         rewards = torch.cat([rewards, torch.tensor([r], dtype=torch.float32)])
         if done:
             break
-    return float(rewards.sum()), len(rewards) / (time.perf_counter() - start)
+    return {
+        "return": float(rewards.sum()),
+        "decisions_per_s": len(rewards) / seconds,
+        "ranking": ranking,
+    }
 
 
 @torch.no_grad()
@@ -151,8 +171,8 @@ def run(cfg: DictConfig, out: Path) -> dict:
                 range(cfg.plan_episodes), desc=f"{task} true simulator", disable=not cfg.progress
             )
         ]
-        r["true_returns"] = [x[0] for x in true]
-        r["true_decisions_per_s"] = float(np.mean([x[1] for x in true]))
+        r["true_returns"] = [x["return"] for x in true]
+        r["true_decisions_per_s"] = float(np.mean([x["decisions_per_s"] for x in true]))
         per_model = defaultdict(lambda: defaultdict(list))
         test = load_task(cfg.dataset, task).episodes("test")
         for run_cfg, _, model in runs:
@@ -165,11 +185,13 @@ def run(cfg: DictConfig, out: Path) -> dict:
                     disable=not cfg.progress,
                 )
             ]
-            returns = [x[0] for x in eps]
+            returns = [x["return"] for x in eps]
             m = per_model[name]
             m["returns"].append(returns)
             m["percent_of_true"].append(100 * np.mean(returns) / np.mean(r["true_returns"]))
-            m["decisions_per_s"].append(float(np.mean([x[1] for x in eps])))
+            m["decisions_per_s"].append(float(np.mean([x["decisions_per_s"] for x in eps])))
+            if eps[0]["ranking"]:
+                m["ranking"].append(float(np.mean([c for x in eps for c in x["ranking"]])))
             if getattr(model, "role", "dynamics") == "dynamics":
                 m["kstep"].append(
                     kstep_errors(
@@ -189,13 +211,13 @@ def run(cfg: DictConfig, out: Path) -> dict:
 def print_table(results: dict) -> None:
     print(
         "| task | model | return | % of true-simulator planner | 1-step / k-step error | "
-        "decisions/s |"
+        "candidate ranking vs true | decisions/s |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for task, r in results["tasks"].items():
         true = summarize(r["true_returns"])
         print(
-            f"| {task} | true simulator (n={true.n} episodes) | {true.mean:.1f} | 100 | – | "
+            f"| {task} | true simulator (n={true.n} episodes) | {true.mean:.1f} | 100 | – | 1 | "
             f"{r['true_decisions_per_s']:.1f} |"
         )
         for name, m in r["models"].items():
@@ -205,8 +227,9 @@ def print_table(results: dict) -> None:
             if m.get("kstep"):
                 k = np.asarray(m["kstep"])
                 err = f"{k[:, 0].mean():.3f} / {k[:, -1].mean():.3f}"
+            rank = f"{np.mean(m['ranking']):.2f}" if m.get("ranking") else "–"
             print(
-                f"| {task} | {name} | {ret.mean:.1f} | {pct} | {err} | "
+                f"| {task} | {name} | {ret.mean:.1f} | {pct} | {err} | {rank} | "
                 f"{np.mean(m['decisions_per_s']):.1f} |"
             )
 

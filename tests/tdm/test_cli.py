@@ -106,3 +106,13 @@ def test_bad_config_fails_before_any_work(tmp_path):
     result = run_module("tdm.collect", "task=nope", f"hydra.run.dir={tmp_path / 'c'}", check=False)
     assert result.returncode != 0 and "task='nope' is not valid" in result.stderr
     assert not (tmp_path / "c" / "manifest.json").exists()
+
+
+def test_candidate_ranking_is_spearmans_rho():
+    from tdm.eval import spearman
+
+    x = np.array([0.1, 3.0, -2.0, 7.0, 0.5])
+    assert spearman(x, np.exp(x)) == pytest.approx(1.0)  # any increasing map of the scores
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    # ranks (2, 4, 1, 5, 3) vs (1, 2, 3, 4, 5): 1 - 6 · Σd² / (n (n² - 1)) with Σd² = 10
+    assert spearman(x, np.arange(5.0)) == pytest.approx(1 - 6 * 10 / (5 * 24))
