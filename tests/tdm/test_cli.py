@@ -114,5 +114,5 @@ def test_candidate_ranking_is_spearmans_rho():
     x = np.array([0.1, 3.0, -2.0, 7.0, 0.5])
     assert spearman(x, np.exp(x)) == pytest.approx(1.0)  # any increasing map of the scores
     assert spearman(x, -x) == pytest.approx(-1.0)
-    # ranks (2, 4, 1, 5, 3) vs (1, 2, 3, 4, 5): 1 - 6 · Σd² / (n (n² - 1)) with Σd² = 10
-    assert spearman(x, np.arange(5.0)) == pytest.approx(1 - 6 * 10 / (5 * 24))
+    # ranks (2, 4, 1, 5, 3) vs (1, 2, 3, 4, 5): 1 - 6 · Σd² / (n (n² - 1)) with Σd² = 14
+    assert spearman(x, np.arange(5.0)) == pytest.approx(1 - 6 * 14 / (5 * 24))
