@@ -103,8 +103,16 @@ class Planner:
         else:
             return self._cem(score, warm)
         returns = score(actions).cpu()
-        self.plan = actions[int(returns.argmax())]
+        self.plan = actions[self._best(returns)]
         return self.plan[0].numpy()
+
+    def _best(self, returns: torch.Tensor) -> int:
+        """Index of the best candidate; ties (e.g. a sparse reward that no candidate reaches)
+        are broken at random, or the planner would keep its warm start and never explore."""
+        ties = (returns == returns.max()).nonzero()[:, 0]
+        if len(ties) == 1:
+            return int(ties[0])
+        return int(ties[torch.randint(len(ties), (1,), generator=self.generator)])
 
     def _cem(self, score: Score, mean: torch.Tensor) -> np.ndarray:
         std = torch.ones_like(mean)

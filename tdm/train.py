@@ -89,10 +89,9 @@ def load_split(cfg: DictConfig, tasks: list[str], split: str) -> list[TaskData]:
                 if e["policy"] == "expert" and e["noise"] <= cfg.model.max_noise
             ]
             data.split = {k: [i for i in v if i in experts] for k, v in data.split.items()}
-        data = data.episodes(split, shots)
-        if data.num_episodes == 0:
-            fail("dataset", str(cfg.dataset), f"{task} has no {split} episodes for this model")
-        out.append(data)
+        out.append(data.episodes(split, shots))
+    if sum(d.num_episodes for d in out) == 0:  # a task may lack some (e.g. the policy's experts)
+        fail("dataset", str(cfg.dataset), f"no {split} episodes of {tasks} for this model")
     return out
 
 

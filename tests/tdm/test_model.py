@@ -128,3 +128,10 @@ def test_planner_rejects_bad_settings():
         Planner("random", 1, horizon=0, candidates=4)
     with pytest.raises(ValueError, match="planner.kind='mppi'"):
         Planner("mppi", 1, horizon=3, candidates=4)
+
+
+def test_planner_breaks_ties_at_random():
+    """All candidates score 0 (a sparse reward nobody reaches): the plan must not stay put."""
+    planner = Planner("proposal", A, horizon=3, candidates=16, seed=0)
+    actions = {tuple(planner.act(lambda a: torch.zeros(a.shape[0]))) for _ in range(5)}
+    assert len(actions) > 1 and (0.0, 0.0) not in actions
