@@ -1,4 +1,6 @@
-"""Learning test (slow, minutes): the single-environment TDM planner beats a random policy."""
+"""Learning test (slow, ~20 min on 2 cores): the single-environment TDM planner beats a random
+policy by a clear margin — the README's cartpole-160 setting, seed 1 (measured there: 252 vs
+the random policy's 111)."""
 
 import numpy as np
 import pytest
@@ -15,29 +17,27 @@ def test_tdm_planner_beats_random_on_cartpole_swingup(tmp_path):
     collect(
         compose_config(
             "collect",
-            [
-                "episodes.random=8",
-                "episodes.expert=16",
-                "progress=false",
-                "expert.kind=proposal",
-                "expert.iterations=1",
-                "expert.candidates=128",
-            ],
+            ["experiment=small", "episodes.random=40", "episodes.expert=120", "progress=false"],
         ),
         data,
     )
     train(
-        compose_config(
-            "train", [f"dataset={data}", "trainer.steps=1500", "logging.progress=false"]
-        ),
+        compose_config("train", ["experiment=small", f"dataset={data}", "logging.progress=false"]),
         runs / "tdm",
     )
     results = evaluate(
         compose_config(
-            "eval", [f"runs={runs}", f"dataset={data}", "plan_episodes=2", "progress=false"]
+            "eval",
+            [
+                "experiment=small",
+                f"runs={runs}",
+                f"dataset={data}",
+                "plan_episodes=2",
+                "progress=false",
+            ],
         ),
         tmp_path,
     )
     r = results["tasks"]["cartpole-swingup"]
     tdm, random = np.mean(r["models"]["tdm"]["returns"]), r["scores"]["random"]
-    assert tdm > 2 * random, (tdm, random)
+    assert tdm > 1.5 * random, (tdm, random)
