@@ -128,6 +128,10 @@ def _long_run(run_dir: Path, *overrides: str) -> Iterator[subprocess.Popen]:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # As from a terminal: a test run started in the background (`make test &`, nohup) has
+        # SIGINT ignored, the child would inherit that and Python would never raise
+        # KeyboardInterrupt on Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         yield proc
