@@ -76,23 +76,26 @@ def train_tasks(cfg: DictConfig) -> list[str]:
     return list(cfg.tasks)
 
 
-def load_split(cfg: DictConfig, tasks: list[str], split: str) -> list[TaskData]:
-    """One split of every task; a policy clones the expert episodes only (§5.3)."""
-    shots = cfg.shots if split == "train" else None
-    out = []
+def load_splits(cfg: DictConfig, tasks: list[str]) -> tuple[list[TaskData], list[TaskData]]:
+    """(train, val) episodes of every task, each task's dataset read once; a policy clones the
+    expert episodes only (§5.3)."""
+    manifest = load_manifest(cfg.dataset)
+    out = {"train": [], "val": []}
     for task in tasks:
         data = load_task(cfg.dataset, task)
         if cfg.model.kind == "transformer" and cfg.model.role == "policy":
-            experts = [
+            experts = {
                 i
-                for i, e in enumerate(load_manifest(cfg.dataset)["tasks"][task]["episodes"])
+                for i, e in enumerate(manifest["tasks"][task]["episodes"])
                 if e["policy"] == "expert" and e["noise"] <= cfg.model.max_noise
-            ]
+            }
             data.split = {k: [i for i in v if i in experts] for k, v in data.split.items()}
-        out.append(data.episodes(split, shots))
-    if sum(d.num_episodes for d in out) == 0:  # a task may lack some (e.g. the policy's experts)
-        fail("dataset", str(cfg.dataset), f"no {split} episodes of {tasks} for this model")
-    return out
+        out["train"].append(data.episodes("train", cfg.shots))
+        out["val"].append(data.episodes("val"))
+    for split, parts in out.items():  # a task may lack some (e.g. the policy's experts)
+        if sum(d.num_episodes for d in parts) == 0:
+            fail("dataset", str(cfg.dataset), f"no {split} episodes of {tasks} for this model")
+    return out["train"], out["val"]
 
 
 def build_model(model_cfg: DictConfig, train: list[TaskData]) -> torch.nn.Module:
@@ -229,7 +232,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     tasks = train_tasks(cfg)
-    train, val = load_split(cfg, tasks, "train"), load_split(cfg, tasks, "val")
+    train, val = load_splits(cfg, tasks)
     if cfg.init is not None:  # few-shot: start from a generalist, keep its tokeniser
         model, payload = load_model(Path(cfg.init) / "best.pt", device)
         if payload["model_cfg"]["kind"] != cfg.model.kind:
