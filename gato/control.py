@@ -415,8 +415,13 @@ def tasks() -> list[Task]:
         ("Reacher-v5", _gym_reacher_expert, 50, 2),
     ]
     return [
-        _task(f"control/{domain}-{task}", partial(_make_suite_env, domain, task), expert,
-              suite_steps, dim)
+        _task(
+            f"control/{domain}-{task}",
+            partial(_make_suite_env, domain, task),
+            expert,
+            suite_steps,
+            dim,
+        )
         for domain, task, expert, dim in suite_tasks
     ] + [
         _task(f"control/{env_id}", partial(_make_gym_env, env_id), expert, steps, dim)

@@ -159,8 +159,15 @@ class Gato(nn.Module):
 
     def loss(self, batch) -> torch.Tensor:
         """Masked mean next-token cross-entropy of a `gato.data.Batch` (eq. 2)."""
+        logits = self(batch.ids, batch.local_positions, batch.is_image, batch.patches)[:, :-1]
+        return self.loss_from_logits(logits, batch)
+
+    @staticmethod
+    def loss_from_logits(logits: torch.Tensor, batch) -> torch.Tensor:
+        """The masked mean of eq. 2 from logits (B, L − 1, V) of a batch's first L − 1 tokens."""
         mask = batch.loss_mask[:, 1:]
-        return self.token_losses(batch).sum() / mask.sum().clamp_min(1)
+        targets = batch.ids[:, 1:][mask]
+        return F.cross_entropy(logits[mask].float(), targets) if len(targets) else logits.sum() * 0
 
     def new_cache(self, batch: int, max_len: int | None = None) -> list[KVCache]:
         p = self.head.weight
