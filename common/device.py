@@ -77,3 +77,19 @@ def timer(device: torch.device) -> Iterator[dict[str, float]]:
         t0 = time.perf_counter()
         yield result
         result["seconds"] = time.perf_counter() - t0
+
+
+def matmul_flops_per_s(
+    device: torch.device, size: int = 1024, repeats: int = 10, dtype: torch.dtype = torch.float32
+) -> float:
+    """Measured FLOP/s of a square matmul: the reference a model-FLOP utilisation (MFU) is
+    divided by where the chip's datasheet peak is not known (a CPU). The best of `repeats`."""
+    gen = torch.Generator(device=device).manual_seed(0)  # the global RNG streams stay untouched
+    a, b = (torch.randn(size, size, device=device, dtype=dtype, generator=gen) for _ in "ab")
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        with timer(device) as t:
+            a @ b
+        best = min(best, t["seconds"])
+    return 2 * size**3 / max(best, 1e-12)

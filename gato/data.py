@@ -347,6 +347,22 @@ class Batch:
     patches: torch.Tensor | None
     source: list[str]
 
+    def rows(self, start: int, stop: int) -> Batch:
+        """Rows start … stop − 1 and their patches (a rank's share of a global batch)."""
+        patches = None
+        if self.patches is not None:
+            per_row = self.is_image.sum(1) // self.patches.shape[1]
+            offsets = torch.cat([per_row.new_zeros(1), per_row.cumsum(0)])
+            patches = self.patches[int(offsets[start]) : int(offsets[stop])]
+        return Batch(
+            self.ids[start:stop],
+            self.local_positions[start:stop],
+            self.is_image[start:stop],
+            self.loss_mask[start:stop],
+            patches,
+            self.source[start:stop],
+        )
+
     def to(self, device) -> Batch:
         move = lambda x: None if x is None else x.to(device)  # noqa: E731
         return Batch(

@@ -9,6 +9,7 @@ seeds and scores text and captions on their test splits.
 
 from __future__ import annotations
 
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -19,11 +20,12 @@ import torch
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tqdm import tqdm
 
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from common.config import check_choice, check_number, fail
-from common.device import resolve_device
+from common.device import matmul_flops_per_s, resolve_device
 from common.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
 from common.fsdp import PARALLEL, parallelize
 from common.logging import WANDB_MODES, open_run
@@ -76,7 +78,12 @@ def validate(cfg: DictConfig) -> None:
     for key in ("lr", "grad_clip"):
         check_number(t, key, "trainer.")
     check_number(t, "weight_decay", "trainer.", low=0.0, inclusive=True)
+    if t.peak_flops is not None:
+        check_number(t, "peak_flops", "trainer.")
     check_choice(t, "parallel", "trainer.", PARALLEL)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if t.batch_size % world:
+        fail("trainer.batch_size", t.batch_size, f"a multiple of the {world} ranks (global batch)")
     for key in DOMAINS:
         check_number(cfg.mixture, key, "mixture.", low=0.0, inclusive=True)
     check_number(cfg, "prompt_prob", low=0.0, high=1.0, inclusive=True)
@@ -156,17 +163,19 @@ def run_identity(cfg: DictConfig) -> dict:
     }
 
 
-def save_model(path: Path, net: Gato, cfg: DictConfig, val: dict[str, float]) -> None:
-    """What gato.eval loads: weights, the model config and the dataset it was trained on."""
-    torch.save(
-        {
-            "model": net.state_dict(),
-            "config": net.config_dict(),
-            "dataset": str(cfg.dataset),
-            "val_losses": val,
-        },
-        path,
-    )
+def save_model(
+    path: Path, net: Gato, cfg: DictConfig, val: dict[str, float], fsdp: bool, main: bool
+) -> None:
+    """What gato.eval loads: weights (gathered from the shards under FSDP, a collective), the
+    model config and the dataset it was trained on; rank 0 writes."""
+    if fsdp:
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(net, options=options)
+    else:
+        state = net.state_dict()
+    if main:
+        payload = {"model": state, "config": net.config_dict(), "dataset": str(cfg.dataset)}
+        torch.save(payload | {"val_losses": val}, path)
 
 
 def load_model(path: str | Path, device="cpu") -> tuple[Gato, dict]:
@@ -202,7 +211,8 @@ def _train(cfg: DictConfig, run_dir: Path, device, info: DistInfo) -> dict[str, 
     for name, source in val_sources.items():
         mix = Mixture({name: source}, {name: 1.0}, context, seed=cfg.seed + 7)
         val_batches[name] = [mix.sample(t.batch_size) for _ in range(t.eval_batches)]
-    mixture = Mixture(train_sources, weights, context, seed=cfg.seed * 1000 + info.rank)
+    # every rank draws the same global batch and trains on its share of the rows
+    mixture = Mixture(train_sources, weights, context, seed=cfg.seed)
     net = Gato(model_config(cfg.model, text.vocab_size)).to(device)
     fsdp = info.enabled and t.parallel == "fsdp"
     model = parallelize(net, net.blocks, t.parallel, info, device=device)
@@ -239,9 +249,18 @@ def _train(cfg: DictConfig, run_dir: Path, device, info: DistInfo) -> dict[str, 
     logger = open_run(
         run_dir, cfg, project="gato", step=start, resumed_from=resumed_from, enabled=info.is_main
     )
-    tokens_per_step = t.batch_size * context * info.world_size
+    tokens_per_step = t.batch_size * context
+    # the MFU reference: the chip's peak when given (GPU datasheet), else a measured matmul rate
+    peak = t.peak_flops or matmul_flops_per_s(device)
     if resumed_from is None:
-        logger.log(0, {"params": net.num_parameters(), "tokens_per_step": tokens_per_step})
+        logger.log(
+            0,
+            {
+                "params": net.num_parameters(),
+                "tokens_per_step": tokens_per_step,
+                "peak_flops": peak,
+            },
+        )
     metrics: dict[str, float] = {}
     clock, image_tokens, seen = time.perf_counter(), 0, 0
     bar = tqdm(
@@ -252,8 +271,11 @@ def _train(cfg: DictConfig, run_dir: Path, device, info: DistInfo) -> dict[str, 
         disable=not (cfg.logging.progress and info.is_main),
     )
     for step in bar:
-        batch = mixture.sample(t.batch_size).to(device)
-        loss = _loss(model, net, batch)
+        batch = mixture.sample(t.batch_size)
+        targets = int(batch.loss_mask[:, 1:].sum())
+        share = t.batch_size // info.world_size
+        batch = batch.rows(info.rank * share, (info.rank + 1) * share).to(device)
+        loss = _loss(model, batch, targets, info.world_size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
@@ -276,10 +298,11 @@ def _train(cfg: DictConfig, run_dir: Path, device, info: DistInfo) -> dict[str, 
                 **{f"val/{k}": v for k, v in val.items()},
                 "tokens_per_s": tokens_per_s,
                 "model_flops_per_s": flops,
+                "mfu": flops / (peak * info.world_size),
             }
-            if total < best and info.is_main:  # the validation split chooses the checkpoint
+            if total < best:  # the validation split chooses the checkpoint
                 best = total
-                save_model(run_dir / "best.pt", net, cfg, val)
+                save_model(run_dir / "best.pt", net, cfg, val, fsdp, info.is_main)
             metrics["best_val_loss"] = best = min(best, total)
             logger.log(done, metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", val=f"{total:.3f}")
@@ -302,10 +325,16 @@ def _train(cfg: DictConfig, run_dir: Path, device, info: DistInfo) -> dict[str, 
     return metrics
 
 
-def _loss(model: torch.nn.Module, net: Gato, batch) -> torch.Tensor:
-    """The masked loss through the (possibly wrapped) model, so DDP / FSDP hooks run."""
+def _loss(model: torch.nn.Module, batch, targets: int, world: int) -> torch.Tensor:
+    """This rank's part of the global batch's masked mean loss (eq. 2), scaled by the world
+    size because DDP / FSDP average gradients over ranks: the ranks' mean is the loss of the
+    whole batch, exactly. Through the (possibly wrapped) model, so its hooks run."""
     logits = model(batch.ids, batch.local_positions, batch.is_image, batch.patches)[:, :-1]
-    return net.loss_from_logits(logits, batch)
+    mask = batch.loss_mask[:, 1:]
+    ce = torch.nn.functional.cross_entropy(
+        logits[mask].float(), batch.ids[:, 1:][mask], reduction="sum"
+    )
+    return ce * world / max(targets, 1)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

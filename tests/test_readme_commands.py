@@ -70,7 +70,11 @@ ELLIPSIS_VALUE = "runs/example"  # `key=...` (a directory) in the READMEs' file 
 # Overrides whose value is the output of an earlier documented stage, which this test does not
 # run: the value is replaced by a stub directory holding the file that stage writes (what the
 # paper's validate checks for).
-STAGE_OUTPUTS = {("algo_distill.train", "dataset"): "manifest.json"}
+STAGE_OUTPUTS = {
+    ("algo_distill.train", "dataset"): "manifest.json",
+    ("gato.train", "dataset"): "manifest.json",
+    ("gato.eval", "run"): "best.pt",
+}
 
 NOT_CHECKED = {
     "export": "sets an environment variable for the commands after it",

@@ -40,3 +40,10 @@ def test_timer_and_peak_memory_on_cpu():
         torch.randn(256, 256) @ torch.randn(256, 256)
     assert t["seconds"] > 0
     assert peak_memory_bytes(cpu) > 10 * 2**20  # a python process with torch loaded
+
+
+def test_matmul_flops_per_s_is_a_plausible_rate():
+    from common.device import matmul_flops_per_s
+
+    rate = matmul_flops_per_s(torch.device("cpu"), size=256, repeats=3)
+    assert 1e7 < rate < 1e14  # between a very slow core and a far faster-than-CPU chip
