@@ -356,6 +356,7 @@ def evaluate_tasks(net, cfg, manifest, vocab, text, prompt: bool) -> dict:
         )
         norm = [normalized(r, meta["scores"]) for r in res["returns"]]
         out[name] = {
+            "success": float(np.mean(np.asarray(res["returns"]) > 0)),  # BabyAI: reached the goal
             "returns": res["returns"],
             "normalized": norm,
             "domain": task.domain,
@@ -401,15 +402,18 @@ def table(results: dict) -> str:
     """The README's per-task table: returns and normalised scores, with and without prompt."""
     lines = [
         "| task | expert | random | return (prompt) | % of expert (prompt) | "
-        "% of expert (no prompt) | n |",
-        "|---|---|---|---|---|---|---|",
+        "% of expert (no prompt) | success (prompt / no prompt) | n |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["prompt"].items():
         nop = results["no_prompt"].get(name)
+        success = "—"
+        if r["domain"] == "babyai":
+            success = f"{100 * r['success']:.0f}% / {100 * nop['success']:.0f}%" if nop else "—"
         lines.append(
             f"| {name} | {r['scores']['expert']:.1f} | {r['scores']['random']:.1f} | "
             f"{_fmt(r['returns'], pct=False)} | {_fmt(r['normalized'])} | "
-            f"{_fmt(nop['normalized']) if nop else '—'} | {len(r['returns'])} |"
+            f"{_fmt(nop['normalized']) if nop else '—'} | {success} | {len(r['returns'])} |"
         )
     return "\n".join(lines)
 
