@@ -35,6 +35,19 @@ def test_smoke_collect_train_eval(tmp_path):
     assert (run_dir / "fraction_of_tasks.png").is_file()
 
 
+def _tiny(text: TextTokenizer, context: int) -> Gato:
+    cfg = GatoConfig(
+        text_size=text.vocab_size,
+        dim=64,
+        layers=1,
+        heads=2,
+        mlp_dim=64,
+        context=context,
+        patch_channels=8,
+    )
+    return Gato(cfg).eval()
+
+
 @pytest.mark.parametrize(
     "name, prompt",
     [("control/Reacher-v5", True), ("babyai/GoToLocal", False), ("atari/Breakout", True)],
@@ -44,17 +57,7 @@ def test_kv_cache_acting_equals_recompute(smoke_dataset, name, prompt):
     torch.manual_seed(0)
     text = TextTokenizer.load(smoke_dataset / "text_tokenizer.json")
     vocab = Vocab(text.vocab_size)
-    net = Gato(
-        GatoConfig(
-            text_size=text.vocab_size,
-            dim=64,
-            layers=1,
-            heads=2,
-            mlp_dim=64,
-            context=96,
-            patch_channels=8,
-        )
-    ).eval()
+    net = _tiny(text, 96)
     task = get_task(name)
     demo = None
     if prompt:
@@ -68,25 +71,22 @@ def test_kv_cache_acting_equals_recompute(smoke_dataset, name, prompt):
     assert cached["actions"] == full["actions"]
 
 
-def test_caption_decoding_stops_at_end_of_text(smoke_dataset):
+@pytest.mark.parametrize("favourite", ["eot", "a"])
+def test_caption_decoding_stops_at_end_of_text(smoke_dataset, favourite):
+    """A model whose every hidden state is all-ones and whose output row of one id is all-ones
+    emits that id: end-of-text gives an empty caption at once, any other text id repeats until
+    `max_tokens`."""
     text = TextTokenizer.load(smoke_dataset / "text_tokenizer.json")
-    net = Gato(
-        GatoConfig(
-            text_size=text.vocab_size,
-            dim=64,
-            layers=1,
-            heads=2,
-            mlp_dim=64,
-            context=64,
-            patch_channels=8,
-        )
-    ).eval()
+    net = _tiny(text, 64)
+    token = text.eot_id if favourite == "eot" else text.encode("a")[0]
     with torch.no_grad():
-        net.head.weight.zero_()  # every logit 0 but the end-of-text id's
-        net.embed.token.weight.data[text.eot_id] = 0
+        net.norm.weight.zero_()
+        net.norm.bias.fill_(1.0)
+        net.head.weight.zero_()
+        net.head.weight[token] = 1.0
     frames = torch.zeros(2, 3, 96, 96, dtype=torch.uint8).numpy()
-    out = caption(net, text, frames, max_tokens=5)
-    assert len(out) == 2 and all(isinstance(c, str) for c in out)
+    want = "" if favourite == "eot" else text.decode([token] * 5)
+    assert caption(net, text, frames, max_tokens=5) == [want, want]
 
 
 def test_resume_continues_the_same_run(smoke_dataset, tmp_path):
