@@ -32,7 +32,6 @@ from gato.captions import SIZE, caption_set
 from gato.data import (
     EpisodeTokens,
     Piece,
-    TextSource,
     load_manifest,
     normalized,
     read_dataset,
@@ -280,8 +279,7 @@ def act(
 def text_perplexity(net: Gato, text: TextTokenizer, docs: list[str], windows: int) -> dict:
     """exp(mean next-token loss) over consecutive context windows of the held-out documents'
     token stream (at most `windows` of them)."""
-    source = TextSource(text_stream(text, docs))
-    stream, ctx = source.stream, net.cfg.context
+    stream, ctx = text_stream(text, docs), net.cfg.context
     total, count = 0.0, 0
     for start in range(0, max(1, len(stream) - 1), ctx)[:windows]:
         ids = stream[start : start + ctx][None].to(net.head.weight.device)
@@ -333,15 +331,16 @@ def fraction_above(scores: list[float]) -> list[float]:
     return [float((s >= x).mean()) for x in THRESHOLDS]
 
 
-def evaluate_tasks(net, cfg, manifest, vocab, text, prompt: bool) -> dict:
-    """Every task: the returns on fresh seeds, the normalised score per episode."""
+def evaluate_tasks(net, cfg, dataset: Path, manifest, vocab, text, prompt: bool) -> dict:
+    """Every task: the returns on fresh seeds, the normalised score per episode; the prompt is
+    the first validation episode of the task in `dataset`."""
     names = list(manifest["tasks"]) if cfg.tasks is None else list(cfg.tasks)
     out = {}
     for name in tqdm(names, desc="prompt" if prompt else "no prompt", disable=not cfg.progress):
         task, meta = get_task(name), manifest["tasks"][name]
         demo = None
         if prompt:
-            val = read_dataset(Path(manifest_dir(cfg)) / "minari", task)[meta["split"]["val"][0]]
+            val = read_dataset(dataset / "minari", task)[meta["split"]["val"][0]]
             demo = tokenize_episode(task, val, vocab, text)
         seeds = [manifest["eval_seed"] + i for i in range(cfg.eval_episodes[task.domain])]
         res = act(
@@ -364,10 +363,6 @@ def evaluate_tasks(net, cfg, manifest, vocab, text, prompt: bool) -> dict:
             "steps_per_s": res["steps_per_s"],
         }
     return out
-
-
-def manifest_dir(cfg: DictConfig) -> str:
-    return torch.load(Path(cfg.run) / "best.pt", weights_only=True)["dataset"]
 
 
 def speed(net, task: Task, vocab, text, steps: int) -> dict:
@@ -457,8 +452,8 @@ def run(cfg: DictConfig) -> dict:
     text = TextTokenizer.load(dataset / "text_tokenizer.json")
     vocab = Vocab(text.vocab_size)
     results = {
-        "prompt": evaluate_tasks(net, cfg, manifest, vocab, text, prompt=True),
-        "no_prompt": evaluate_tasks(net, cfg, manifest, vocab, text, prompt=False),
+        "prompt": evaluate_tasks(net, cfg, dataset, manifest, vocab, text, prompt=True),
+        "no_prompt": evaluate_tasks(net, cfg, dataset, manifest, vocab, text, prompt=False),
     }
     docs = offline_text(manifest["text"]["chars"])
     results["text"] = text_perplexity(

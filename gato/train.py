@@ -105,33 +105,39 @@ def caption_ids(text: TextTokenizer, captions: list[str]) -> list[torch.Tensor]:
     return [torch.tensor(text.encode(c) + [text.eot_id]) for c in captions]
 
 
-def build_sources(cfg: DictConfig, text: TextTokenizer, split: str) -> tuple[dict, dict]:
-    """The mixture's sources of `split` ("train" | "val") and their weights: one per task
-    (the domain's weight split evenly over its tasks), text and captions."""
+def build_sources(cfg: DictConfig, text: TextTokenizer) -> tuple[dict, dict, dict]:
+    """The mixture's train and val sources and their weights: one per task (the domain's weight
+    split evenly over its tasks), text and captions. Each task's dataset, the manifest and the
+    text are read once for both splits."""
     manifest = load_manifest(cfg.dataset)
     vocab = GatoConfig(text_size=text.vocab_size).vocab
-    sources, weights = {}, {}
+    splits = ("train", "val")
+    sources: dict[str, dict] = {split: {} for split in splits}
+    weights = {}
     per_domain: dict[str, int] = {}
     for meta in manifest["tasks"].values():
         per_domain[meta["domain"]] = per_domain.get(meta["domain"], 0) + 1
     for name, meta in manifest["tasks"].items():
         task = get_task(name)
         episodes = read_dataset(Path(cfg.dataset) / "minari", task)
-        tokens = [tokenize_episode(task, episodes[i], vocab, text) for i in meta["split"][split]]
-        sources[name] = EpisodeSource(task, tokens, cfg.prompt_prob, cfg.prompt_fraction)
+        for split in splits:
+            tokens = [
+                tokenize_episode(task, episodes[i], vocab, text) for i in meta["split"][split]
+            ]
+            sources[split][name] = EpisodeSource(task, tokens, cfg.prompt_prob, cfg.prompt_fraction)
         weights[name] = cfg.mixture[meta["domain"]] / per_domain[meta["domain"]]
     docs = offline_text(manifest["text"]["chars"])
-    sources["text"] = TextSource(
-        text_stream(text, [docs[i] for i in manifest["text"]["split"][split]])
-    )
+    for split in splits:
+        stream = text_stream(text, [docs[i] for i in manifest["text"]["split"][split]])
+        sources[split]["text"] = TextSource(stream)
+        caps = manifest["captions"][split]
+        frames, captions = caption_set(caps["n"], caps["seed"])
+        sources[split]["captions"] = CaptionSource(
+            torch.as_tensor(frames), caption_ids(text, captions), (SIZE // PATCH) ** 2
+        )
     weights["text"] = cfg.mixture.text
-    caps = manifest["captions"][split]
-    frames, captions = caption_set(caps["n"], caps["seed"])
-    sources["captions"] = CaptionSource(
-        torch.as_tensor(frames), caption_ids(text, captions), (SIZE // PATCH) ** 2
-    )
     weights["captions"] = cfg.mixture.captions
-    return sources, weights
+    return sources["train"], sources["val"], weights
 
 
 def configure_optimizer(model: torch.nn.Module, t: DictConfig) -> torch.optim.Optimizer:
@@ -203,8 +209,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 def _train(cfg: DictConfig, run_dir: Path, device, info: DistInfo) -> dict[str, float]:
     seed_everything(cfg.seed)
     text = TextTokenizer.load(Path(cfg.dataset) / "text_tokenizer.json")
-    train_sources, weights = build_sources(cfg, text, "train")
-    val_sources, _ = build_sources(cfg, text, "val")
+    train_sources, val_sources, weights = build_sources(cfg, text)
     t = cfg.trainer
     context = cfg.model.context
     val_batches = {}
