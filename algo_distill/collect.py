@@ -11,8 +11,8 @@ Expert Distillation (ED, §5 "Baselines") gets histories of the optimal policy o
 
 Output (the run directory): `learning_XXXXX.npz` and `expert_XXXXX.npz` shards holding obs,
 actions, rewards, dones (uint16/uint8/bool) of `shard_size` histories each, and `manifest.json`
-(environment, the training and held-out task sets, and per history: task, seed, return of every
-episode).
+(environment, the training / validation / test task sets, and per history: task, seed, return
+of every episode).
 """
 
 from __future__ import annotations
@@ -44,7 +44,16 @@ def validate_env(env: DictConfig) -> None:
     check_number(env, "episode_len", "env.", integer=True)
     num_tasks = len(all_tasks(env.name, env.size))
     check_number(
-        env, "num_eval_tasks", "env.", integer=True, low=1, high=num_tasks - 1, inclusive=True
+        env, "num_test_tasks", "env.", integer=True, low=1, high=num_tasks - 1, inclusive=True
+    )
+    check_number(
+        env,
+        "num_val_tasks",
+        "env.",
+        integer=True,
+        low=1,
+        high=num_tasks - env.num_test_tasks - 1,
+        inclusive=True,
     )
     check_number(env, "max_train_tasks", "env.", integer=True)
 
@@ -160,9 +169,14 @@ def make_env(env_cfg: DictConfig, tasks: np.ndarray) -> DarkGridEnv:
     return DarkGridEnv(env_cfg.name, tasks, env_cfg.size, env_cfg.episode_len)
 
 
-def task_split(env_cfg: DictConfig) -> tuple[np.ndarray, np.ndarray]:
+def task_split(env_cfg: DictConfig) -> dict[str, np.ndarray]:
     return split_tasks(
-        env_cfg.name, env_cfg.size, env_cfg.num_eval_tasks, env_cfg.max_train_tasks, env_cfg.seed
+        env_cfg.name,
+        env_cfg.size,
+        env_cfg.num_test_tasks,
+        env_cfg.num_val_tasks,
+        env_cfg.max_train_tasks,
+        env_cfg.seed,
     )
 
 
@@ -172,14 +186,14 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     seed_everything(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    train_tasks, eval_tasks = task_split(cfg.env)
+    split = task_split(cfg.env)
+    train_tasks = split["train"]
     # histories go round-robin over the training tasks: history i learns task i mod #tasks
     tasks = train_tasks[np.arange(cfg.num_histories) % len(train_tasks)]
     seeds = cfg.seed * 1_000_000 + np.arange(cfg.num_histories)
     manifest: dict[str, Any] = {
         "env": OmegaConf.to_container(cfg.env),
-        "train_tasks": train_tasks.tolist(),
-        "eval_tasks": eval_tasks.tolist(),
+        **{f"{name}_tasks": chosen.tolist() for name, chosen in split.items()},
         "shards": {kind: [] for kind in KINDS},
         "histories": {kind: [] for kind in KINDS},
         "steps_per_s": {},

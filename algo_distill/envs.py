@@ -37,16 +37,31 @@ def all_tasks(name: str, size: int) -> np.ndarray:
     raise ValueError(f"env.name={name!r}; allowed: {ENVS}")
 
 
+SPLITS = ("train", "val", "test")
+
+
 def split_tasks(
-    name: str, size: int, num_eval: int, max_train: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out evaluation tasks and (at most `max_train`) training tasks, disjoint, fixed by
-    `seed` (the paper trains on most goals and tests on unseen ones, §5)."""
+    name: str, size: int, num_test: int, num_val: int, max_train: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Disjoint training, validation and test tasks, fixed by `seed` (the paper trains on most
+    goals and tests on unseen ones, §5). One seeded permutation: the first `num_test` tasks are
+    the test split, the next `num_val` the validation split (quick evaluation and every choice),
+    and at most `max_train` of the rest are trained on. The test split is evaluated once, at the
+    end, by `algo_distill.eval`."""
     tasks = all_tasks(name, size)
-    if not 0 < num_eval < len(tasks):
-        raise ValueError(f"env.num_eval_tasks={num_eval}: must lie in [1, {len(tasks) - 1}]")
+    if not 0 < num_test < len(tasks):
+        raise ValueError(f"env.num_test_tasks={num_test}: must lie in [1, {len(tasks) - 1}]")
+    if not 0 < num_val < len(tasks) - num_test:
+        raise ValueError(
+            f"env.num_val_tasks={num_val}: must lie in [1, {len(tasks) - num_test - 1}]"
+        )
     order = np.random.default_rng(seed).permutation(len(tasks))
-    return tasks[order[num_eval : num_eval + max_train]], tasks[order[:num_eval]]
+    held_out = num_test + num_val
+    return {
+        "train": tasks[order[held_out : held_out + max_train]],
+        "val": tasks[order[num_test:held_out]],
+        "test": tasks[order[:num_test]],
+    }
 
 
 class DarkGridEnv(VectorEnv):

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from algo_distill.collect import make_env
 from algo_distill.data import HistoryWindows, load_manifest
-from algo_distill.envs import DarkGridEnv
+from algo_distill.envs import SPLITS, DarkGridEnv
 from algo_distill.model import build_model, configure_optimizer
 from algo_distill.rollout import in_context_rollout
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -44,6 +44,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.dataset is None or not (Path(cfg.dataset) / "manifest.json").is_file():
         fail("dataset", cfg.dataset, "a directory written by algo_distill.collect")
     check_number(cfg, "context_episodes", integer=True)
+    check_number(cfg, "subsample_every", integer=True)
     model = cfg.model
     for key in ("hidden", "heads", "layers", "ff"):
         check_number(model, key, "model.", integer=True)
@@ -69,9 +70,12 @@ def validate(cfg: DictConfig) -> None:
     check_choice(cfg.logging, "wandb_mode", "logging.", WANDB_MODES)
 
 
-def eval_env(manifest: dict, copies: int) -> DarkGridEnv:
-    """`copies` copies of every held-out task of a dataset, as one vectorised environment."""
-    tasks = np.repeat(np.asarray(manifest["eval_tasks"]), copies, axis=0)
+def eval_env(manifest: dict, copies: int, split: str) -> DarkGridEnv:
+    """`copies` copies of every task of a dataset's `split` ("val" or "test"), as one
+    vectorised environment."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}; allowed: {SPLITS}")
+    tasks = np.repeat(np.asarray(manifest[f"{split}_tasks"]), copies, axis=0)
     return make_env(OmegaConf.create(manifest["env"]), tasks)
 
 
@@ -87,6 +91,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         METHODS[cfg.method],
         cfg.context_episodes * env["episode_len"],
         env["episode_len"],
+        cfg.subsample_every,
     )
     model = build_model(OmegaConf.to_container(cfg.model), env, cfg.context_episodes).to(device)
     optimizer = configure_optimizer(model, cfg.trainer.lr, cfg.trainer.weight_decay)
@@ -168,12 +173,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 
 
 def quick_eval(model: torch.nn.Module, manifest: dict, cfg: DictConfig) -> dict[str, float]:
-    """Short in-context rollout on the held-out tasks: return of the first and last episode."""
-    env = eval_env(manifest, cfg.trainer.eval_copies)
+    """Short in-context rollout on the validation tasks (never the test tasks): return of the
+    first and last episode."""
+    env = eval_env(manifest, cfg.trainer.eval_copies, "val")
     returns = in_context_rollout(model, env, cfg.trainer.eval_episodes, seed=cfg.seed + 10_000)
     return {
-        "eval/return_first": float(returns[:, 0].mean()),
-        "eval/return_last": float(returns[:, -1].mean()),
+        "val/return_first": float(returns[:, 0].mean()),
+        "val/return_last": float(returns[:, -1].mean()),
     }
 
 
@@ -184,6 +190,7 @@ def run_identity(cfg: DictConfig) -> dict:
         "method": cfg.method,
         "model": OmegaConf.to_container(cfg.model),
         "context_episodes": cfg.context_episodes,
+        "subsample_every": cfg.subsample_every,
         "seed": cfg.seed,
     }
 

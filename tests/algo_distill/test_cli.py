@@ -3,10 +3,12 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
+import algo_distill.train
 from algo_distill.collect import validate as validate_collect
 from algo_distill.train import run, validate
 from tests.algo_distill.conftest import compose_config
@@ -35,9 +37,10 @@ def test_smoke_collect_train_eval(tmp_path):
         records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert records[0]["type"] == "config"
         assert records[-1]["step"] == 6 and records[-1]["tokens_per_s"] > 0
-        assert "eval/return_last" in records[-1]
+        assert "val/return_last" in records[-1]
         assert (run_dir / "checkpoints" / "step_00000006.pt").exists()
 
+    figures = tmp_path / "figures"
     out = run_module(
         "algo_distill.eval",
         f"runs={sweep}",
@@ -45,11 +48,31 @@ def test_smoke_collect_train_eval(tmp_path):
         "copies=2",
         "source_episodes=4",
         "speed_episodes=2",
+        f"figures={figures}",
     ).stdout
     assert "| AD |" in out and "| ED |" in out and "| source Q-learning |" in out
-    assert "same returns: True" in out
+    assert "test tasks" in out and "same returns: True" in out
     for name in ("results.md", "results.json", "return_vs_episode.png", "return_vs_steps.png"):
         assert (sweep / "eval" / name).exists()
+    # the README figures are written by the eval command itself
+    for name in ("return_vs_episode.png", "return_vs_steps.png"):
+        assert (figures / name).stat().st_size > 10_000
+    assert json.loads((sweep / "eval" / "results.json").read_text())["split"] == "test"
+
+
+def test_quick_evaluation_never_sees_the_test_tasks(smoke_dataset, tmp_path, monkeypatch):
+    seen = []
+
+    def recording_rollout(model, env, episodes, seed):
+        seen.append(env.tasks)
+        return np.zeros((env.num_envs, episodes), dtype=np.float32)
+
+    monkeypatch.setattr(algo_distill.train, "in_context_rollout", recording_rollout)
+    run(compose_config("train", ["experiment=smoke", f"dataset={smoke_dataset}"]), tmp_path)
+    manifest = json.loads((smoke_dataset / "manifest.json").read_text())
+    assert len(seen) == 2  # eval_every=3 of 6 steps
+    for tasks in seen:
+        assert {tuple(t) for t in tasks.tolist()} == {tuple(t) for t in manifest["val_tasks"]}
 
 
 def test_bad_config_fails_before_any_work(tmp_path):
@@ -104,9 +127,14 @@ def test_a_bad_type_names_the_field(smoke_dataset):
     [
         ("env.name", "watermaze", "env.name='watermaze' is not valid: one of"),
         (
-            "env.num_eval_tasks",
+            "env.num_test_tasks",
             49,
-            "env.num_eval_tasks=49 is not valid: an integer with 1 <= x <= 48",
+            "env.num_test_tasks=49 is not valid: an integer with 1 <= x <= 48",
+        ),
+        (
+            "env.num_val_tasks",
+            40,
+            "env.num_val_tasks=40 is not valid: an integer with 1 <= x <= 39",
         ),
         ("source.gamma", 1.0, "source.gamma=1.0 is not valid: a discount in [0, 1)"),
         ("num_histories", 0, "num_histories=0 is not valid"),
@@ -122,8 +150,20 @@ def test_bad_collect_values_name_the_field(key, value, message):
     assert message in str(info.value)
 
 
-@pytest.mark.parametrize("experiment", ["smoke", "small", "paper"])
-@pytest.mark.parametrize("env", ["dark_room_small", "dark_room", "dark_room_hard", "key_to_door"])
+@pytest.mark.parametrize(
+    "experiment", ["smoke", "small", "small_dark_room_hard", "small_key_to_door", "paper"]
+)
+@pytest.mark.parametrize(
+    "env",
+    [
+        "dark_room_small",
+        "dark_room",
+        "dark_room_hard_small",
+        "dark_room_hard",
+        "key_to_door_small",
+        "key_to_door",
+    ],
+)
 def test_every_tier_composes_and_validates(smoke_dataset, experiment, env):
     validate_collect(compose_config("collect", [f"experiment={experiment}", f"env={env}"]))
     validate(compose_config("train", [f"experiment={experiment}", f"dataset={smoke_dataset}"]))

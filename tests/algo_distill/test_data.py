@@ -3,11 +3,18 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from algo_distill.collect import make_env
 from algo_distill.collect import run as collect
-from algo_distill.data import NO_ACTION, HistoryWindows, load_histories, load_manifest
+from algo_distill.data import (
+    NO_ACTION,
+    HistoryWindows,
+    load_histories,
+    load_manifest,
+    subsample_episodes,
+)
 from tests.algo_distill.conftest import compose_config
 
 
@@ -32,8 +39,11 @@ def test_round_trip_replays_in_the_environment(smoke_dataset):
         logged = [h["returns"] for h in manifest["histories"][kind]]
         assert np.array_equal(per_episode, np.array(logged))
         assert [h["task"] for h in manifest["histories"][kind]] == data["tasks"].tolist()
-    held_out = {tuple(t) for t in manifest["eval_tasks"]}
-    assert held_out and not held_out & {tuple(t) for t in manifest["train_tasks"]}
+    split = {n: {tuple(t) for t in manifest[f"{n}_tasks"]} for n in ("train", "val", "test")}
+    assert split["val"] and split["test"] and split["train"]
+    assert not split["train"] & (split["val"] | split["test"]) and not split["val"] & split["test"]
+    # every history learns a training task
+    assert {tuple(h["task"]) for h in manifest["histories"]["learning"]} <= split["train"]
     assert json.loads((smoke_dataset / "manifest.json").read_text())["env"]["name"] == "dark_room"
 
 
@@ -76,3 +86,23 @@ def test_collection_is_deterministic_under_a_seed(smoke_dataset, tmp_path):
     assert not np.array_equal(
         other["actions"], load_histories(smoke_dataset, "learning")["actions"]
     )
+
+
+def test_subsampled_histories_keep_every_kth_episode_in_order(smoke_dataset):
+    length = load_manifest(smoke_dataset)["env"]["episode_len"]
+    data = load_histories(smoke_dataset, "learning")
+    kept = subsample_episodes(data, length, 2)
+    episodes = data["obs"].shape[1] // length  # 6 in the smoke tier: episodes 0, 2, 4 are kept
+    assert kept["obs"].shape == (len(data["obs"]), 3 * length)
+    for key in ("obs", "actions", "rewards", "dones"):
+        per_episode = data[key].reshape(len(data[key]), episodes, length)
+        assert np.array_equal(kept[key].reshape(len(data[key]), 3, length), per_episode[:, ::2])
+    assert np.array_equal(kept["returns"], data["returns"][:, [0, 2, 4]])
+    assert np.array_equal(kept["tasks"], data["tasks"])
+    assert subsample_episodes(data, length, 1) is data
+    # the training windows are drawn from the subsampled histories
+    windows = HistoryWindows.from_dataset(smoke_dataset, "learning", 2 * length, length, 2)
+    assert windows.actions.shape == (len(data["obs"]), 3 * length)
+    assert torch.equal(windows.tokens["obs"], torch.from_numpy(kept["obs"].astype(np.int64)))
+    with pytest.raises(ValueError, match="after keeping every 4-th episode"):
+        HistoryWindows.from_dataset(smoke_dataset, "learning", 3 * length, length, 4)

@@ -83,12 +83,20 @@ def test_expert_is_optimal(name):
 
 
 def test_task_split_is_fixed_by_seed_and_disjoint():
-    train, held_out = split_tasks("dark_room", 9, 8, 1000, seed=0)
-    assert len(train) == 73 and len(held_out) == 8
-    assert not set(train[:, 0]) & set(held_out[:, 0])
-    again = split_tasks("dark_room", 9, 8, 1000, seed=0)
-    assert np.array_equal(again[1], held_out)
-    assert not np.array_equal(split_tasks("dark_room", 9, 8, 1000, seed=1)[1], held_out)
+    split = split_tasks("dark_room", 9, 8, 5, 1000, seed=0)
+    cells = {name: set(tasks[:, 0]) for name, tasks in split.items()}
+    assert [len(cells[n]) for n in ("train", "val", "test")] == [68, 5, 8]
+    assert not cells["train"] & cells["val"] and not cells["train"] & cells["test"]
+    assert not cells["val"] & cells["test"]
+    again = split_tasks("dark_room", 9, 8, 5, 1000, seed=0)
+    assert all(np.array_equal(again[n], split[n]) for n in split)
+    # the test split does not depend on the size of the validation split
+    assert np.array_equal(split_tasks("dark_room", 9, 8, 3, 1000, seed=0)["test"], split["test"])
+    other = split_tasks("dark_room", 9, 8, 5, 1000, seed=1)
+    assert not np.array_equal(other["test"], split["test"])
+    assert len(split_tasks("dark_room", 9, 8, 5, 10, seed=0)["train"]) == 10
     assert len(all_tasks("key_to_door", 9)) == 81 * 80
-    with pytest.raises(ValueError, match="env.num_eval_tasks=81"):
-        split_tasks("dark_room", 9, 81, 1000, seed=0)
+    with pytest.raises(ValueError, match="env.num_test_tasks=81"):
+        split_tasks("dark_room", 9, 81, 5, 1000, seed=0)
+    with pytest.raises(ValueError, match="env.num_val_tasks=73"):
+        split_tasks("dark_room", 9, 8, 73, 1000, seed=0)
