@@ -10,7 +10,6 @@ Writes <runs>/eval/results.md, results.json and the plots (copied to `figures` w
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from ald.model import build_net
 from ald.train import ALGOS, probe_env
 from common.checkpoint import latest_checkpoint
 from common.logging import find_runs, read_metrics
-from common.plotting import plot_curves, save
+from common.plotting import copy_figures, plot_curves, save
 from common.stats import format_summary, summarize
 
 ORDER = ("lstm", "transformer", "ald")
@@ -265,11 +264,8 @@ def evaluate(cfg: DictConfig) -> str:
     figures = _plot(per_algo, algos, out, cfg.threshold)
     lines += ["", "Plots: " + ", ".join(str(p) for p in figures)]
     if cfg.figures:
-        target = Path(cfg.figures)
-        target.mkdir(parents=True, exist_ok=True)
-        for path in figures:
-            shutil.copy(path, target / path.name)
-        lines.append(f"Copied to {target}/")
+        copy_figures(figures, cfg.figures)
+        lines.append(f"Copied to {cfg.figures}/")
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(

@@ -31,7 +31,7 @@ from causal_seq.model import build_model
 from causal_seq.train import build_task, model_config
 from common.checkpoint import latest_checkpoint, load_checkpoint
 from common.logging import find_runs
-from common.plotting import plot_curves, save
+from common.plotting import copy_figures, plot_curves, save
 from common.stats import summarize
 
 EXPERT, POSTERIOR = "expert (knows θ)", "Thompson sampling (exact posterior)"
@@ -225,6 +225,9 @@ def main(cfg: DictConfig) -> None:
     print(f"\ntable: {out / 'results.md'}")
     for path in report["plots"]:
         print(f"plot:  {path}")
+    if cfg.figures:
+        for path in copy_figures(report["plots"], cfg.figures):
+            print(f"figure: {path}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from common.checkpoint import latest_checkpoint, load_checkpoint
 from common.config import check_choice, check_number, fail
 from common.device import resolve_device
-from common.plotting import plot_curves
+from common.plotting import copy_figures, plot_curves
 from gemini_longctx import harness
 from gemini_longctx.data import SPLITS, BPETokenizer, Document, load_corpus, split_documents
 from gemini_longctx.model import LongContextLM, ModelConfig
@@ -415,11 +414,7 @@ def run(cfg: DictConfig) -> str:
     (out / "results.md").write_text(report)
     print(report)
     if cfg.figures:
-        figures = Path(cfg.figures)
-        figures.mkdir(parents=True, exist_ok=True)
-        for name in FIGURES:
-            if (out / name).exists():
-                shutil.copy(out / name, figures / name)
+        copy_figures([out / name for name in FIGURES if (out / name).exists()], cfg.figures)
     print(f"results and plots in {out}")
     return report
 

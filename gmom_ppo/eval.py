@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from common.logging import find_runs, read_metrics
-from common.plotting import plot_curves, save
+from common.plotting import copy_figures, plot_curves, save
 from common.stats import summarize
 
 KURTOSIS = (
@@ -237,6 +237,9 @@ def main(cfg: DictConfig) -> None:
     print(f"\ntable: {out / 'results.md'}")
     for path in report["plots"]:
         print(f"plot:  {path}")
+    if cfg.figures:
+        for path in copy_figures(report["plots"], cfg.figures):
+            print(f"figure: {path}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ Written next to the runs in `eval/`: results.md / results.json (per task and mod
 sample std (ddof = 1) over seeds: final training return, evaluation return and success, env
 steps/s), `<task>_returns.png` (training return vs env steps), `success_vs_memory_length.png`
 (the memory-length study, §5.1) and `<task>_trials.png` (meta-RL: return of each trial of a
-meta-episode vs the trial's index, §5.3).
+meta-episode vs the trial's index, §5.3); `figures=<dir>` copies the plots there too (the
+README's). Runs of one model at several `ppo.lr` (a learning-rate sweep) get a row each.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.checkpoint import latest_checkpoint, load_checkpoint
 from common.logging import find_runs, read_metrics
-from common.plotting import plot_curves, save
+from common.plotting import copy_figures, plot_curves, save
 from common.stats import summarize
 from s4rl.envs import make_env
 from s4rl.train import build_agent
@@ -111,6 +112,7 @@ def load_run(run_dir: Path, ecfg: DictConfig) -> dict:
         "dir": str(run_dir),
         "task": cfg.task.label,
         "model": cfg.model.label,
+        "lr": cfg.ppo.lr,
         "seed": cfg.seed,
         "steps": last,
         "memory_length": cfg.task.get("memory_length"),
@@ -135,15 +137,20 @@ def _mean_std(values: list[float]) -> str:
 
 def summarise(runs: list[dict], out_dir: Path, grid_points: int) -> str:
     """Write results.md/json and the plots; return the markdown table."""
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    lrs = defaultdict(set)
     for r in runs:
-        groups[(r["task"], r["model"])].append(r)
+        lrs[(r["task"], r["model"])].add(r["lr"])
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in runs:  # a learning-rate sweep of one model shows one row per lr
+        swept = len(lrs[(r["task"], r["model"])]) > 1
+        groups[(r["task"], r["model"] + (f" (lr {r['lr']:g})" if swept else ""))].append(r)
     order = {m: i for i, m in enumerate(MODEL_ORDER)}
 
     def sort_key(key):
         task, model = key
         length = groups[key][0]["memory_length"] or 0
-        return (task.rstrip("0123456789"), length, task, order.get(model, 99), model)
+        base = model.split(" ")[0]  # "lstm (lr 0.001)" sorts as lstm
+        return (task.rstrip("0123456789"), length, task, order.get(base, 99), model)
 
     header = (
         "| task | model | seeds | steps | final train return | eval return | eval success "
@@ -174,7 +181,7 @@ def summarise(runs: list[dict], out_dir: Path, grid_points: int) -> str:
 
     for task in sorted({t for t, _ in groups}):
         curves, grid = {}, None
-        for (t, model), rs in sorted(groups.items(), key=lambda kv: order.get(kv[0][1], 99)):
+        for (t, model), rs in sorted(groups.items(), key=lambda kv: sort_key(kv[0])):
             rs = [r for r in rs if len(r["curve"][0])]  # runs that finished an episode
             if t != task or not rs:
                 continue
@@ -243,6 +250,9 @@ def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     print(summarise(runs, out_dir, cfg.grid_points))
     print(f"[s4rl.eval] {len(runs)} runs; table, json and plots in {out_dir}")
+    if cfg.figures:
+        for path in copy_figures(sorted(out_dir.glob("*.png")), cfg.figures):
+            print(f"[s4rl.eval] figure: {path}")
 
 
 if __name__ == "__main__":

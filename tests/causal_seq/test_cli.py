@@ -23,10 +23,16 @@ def test_smoke_train_then_eval(tmp_path):
     assert last["step"] == 6 and 0.0 <= last["late_optimal/counterfactual"] <= 1.0
     assert (run_dir / "checkpoints" / "step_00000006.pt").exists()
 
-    out = run_module("causal_seq.eval", f"runs={run_dir}", "episodes=32").stdout
+    figures = tmp_path / "figures"
+    out = run_module(
+        "causal_seq.eval", f"runs={run_dir}", "episodes=32", f"figures={figures}"
+    ).stdout
     assert "| grid | gru counterfactual |" in out and "| grid | gru factual |" in out
     for name in ("results.md", "grid_optimal.png", "grid_regret.png", "grid_belief.png"):
         assert (run_dir / "eval" / name).exists()
+    # the README figures come from the eval command (figures=<dir>), the same files
+    for name in ("grid_optimal.png", "grid_regret.png", "grid_belief.png"):
+        assert (figures / name).read_bytes() == (run_dir / "eval" / name).read_bytes()
 
 
 def test_bad_config_fails_before_training(tmp_path):

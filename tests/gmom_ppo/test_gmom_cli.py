@@ -41,10 +41,13 @@ def test_smoke_train_then_eval(tmp_path):
     assert all(r["kurtosis/actor_grad_norm"] == r["kurtosis/actor_grad_norm"] for r in probes)
     assert (sweep / "gmom" / "checkpoints" / "step_00000002.pt").exists()
 
-    out = run_module("gmom_ppo.eval", f"runs={sweep}").stdout
+    figures = sweep.parent / "figures"
+    out = run_module("gmom_ppo.eval", f"runs={sweep}", f"figures={figures}").stdout
     assert "| Hopper-v5 | ppo | 1 | 256 |" in out and "| Hopper-v5 | gmom | 1 | 256 |" in out
     for name in ("returns", "kurtosis_vs_step", "kurtosis_vs_epoch"):
         assert (sweep / "eval" / f"Hopper-v5_{name}.png").exists()
+        # the README figures come from the eval command (figures=<dir>)
+        assert (figures / f"Hopper-v5_{name}.png").exists()
 
 
 def test_bad_env_id_fails_before_training(tmp_path):

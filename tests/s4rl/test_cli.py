@@ -73,9 +73,16 @@ def test_smoke_popgym_and_meta_tasks(tmp_path):
     assert len(_iterations(sweep / "RepeatPreviousEasy-s5-seed1")) == 8
     assert len(_iterations(sweep / "meta_cartpole-s5-seed1")) == 8
     assert _iterations(sweep / "dmc")[-1]["step"] == 128
-    out = run_module("s4rl.eval", f"runs={sweep}", "episodes=4", "trials=3").stdout
+    figures = tmp_path / "figures"
+    out = run_module(
+        "s4rl.eval", f"runs={sweep}", "episodes=4", "trials=3", f"figures={figures}"
+    ).stdout
     assert "| meta_cartpole | s5 | 1 |" in out and "| RepeatPreviousEasy | s5 | 1 |" in out
     assert (sweep / "eval" / "meta_cartpole_trials.png").exists()
+    # the README figures come from the eval command (figures=<dir>), the same files
+    assert (figures / "meta_cartpole_trials.png").read_bytes() == (
+        sweep / "eval" / "meta_cartpole_trials.png"
+    ).read_bytes()
 
 
 def test_rerun_resumes_and_a_different_config_is_refused(tmp_path):
