@@ -119,13 +119,13 @@ def test_device_cuda_without_cuda_fails_before_any_output(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-@pytest.mark.parametrize("experiment", ["smoke", "small", "small_popgym", "paper", "paper_meta"])
+TIERS = ("smoke", "small", "small_popgym", "small_meta", "paper", "paper_meta")
+
+
+@pytest.mark.parametrize("experiment", TIERS)
 @pytest.mark.parametrize("model", MODELS)
 def test_every_tier_composes_and_validates(experiment, model):
     validate(_compose([f"experiment={experiment}", f"model={model}"]))
-
-
-TIERS = ("smoke", "small", "small_popgym", "paper", "paper_meta")
 
 
 @pytest.mark.parametrize("experiment", TIERS)
