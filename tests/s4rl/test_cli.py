@@ -119,7 +119,7 @@ def test_device_cuda_without_cuda_fails_before_any_output(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-TIERS = ("smoke", "small", "small_popgym", "small_meta", "paper", "paper_meta")
+TIERS = ("smoke", "small", "small_popgym", "small_meta", "small_meta_dmc", "paper", "paper_meta")
 
 
 @pytest.mark.parametrize("experiment", TIERS)
