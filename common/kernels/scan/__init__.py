@@ -102,5 +102,5 @@ def linear_scan(
     _check_inputs(a, b, reset, h0)
     if resolve_backend(backend, a, b, dtypes=TRITON_DTYPES) == "reference":
         return linear_scan_reference(a, b, reset, h0)
-    h = linear_scan_triton(a, b, reset, h0)
+    h = linear_scan_triton(a, b, reset, h0).to(a.dtype)  # float32 state for half inputs
     return h, h[:, -1]

@@ -277,3 +277,85 @@ def test_triton_rejects_unsupported_dtype():
     a = torch.zeros(1, 3, 2, dtype=torch.float8_e4m3fn)
     with pytest.raises(ValueError, match="backend='triton' takes dtypes"):
         linear_scan(a, a, backend="triton")
+
+
+def triton_segments(segment_len):
+    def scan(a, b, reset, h0):
+        h = scan_triton.linear_scan_triton(a, b, reset, h0, segment_len).to(a.dtype)
+        return h, h[:, -1]
+
+    return scan
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("steps, segment_len", [(300, 64), (300, 128), (257, 192), (70, 1000)])
+def test_segment_parallel_scan_matches_reference(dtype, steps, segment_len):
+    """Round 2: time split over segments (aggregate, carry, apply) = the sequential float64
+    reference, forward and backward, with resets on segment boundaries and h0."""
+    a, b, reset, h0 = make_inputs(2, steps, 5, dtype, p_reset=0.05, seed=steps)
+    reset[0, 128 % steps] = True  # a reset on the first step of a segment (T > 128)
+    reset[1, 0] = True  # h0 discarded in one row
+    h, grads = loss_and_grads(triton_segments(segment_len), a, b, reset, h0)
+    expected, expected_grads = loss_and_grads(linear_scan_reference, a, b, reset, h0)
+    torch.testing.assert_close(h, expected, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [2048, pytest.param(16384, marks=pytest.mark.slow)],  # 16K: ~50 s interpreted
+)
+def test_segment_parallel_scan_on_long_sequences(steps):
+    """T up to 16,384 with random resets, the planned segments (T / 64 of 64 steps, one row)."""
+    a, b, reset, h0 = make_inputs(1, steps, 2, torch.float64, p_reset=0.002, seed=11)
+    assert scan_triton.plan(1, steps, 2, a.device)[3] == steps // 64
+    h, grads = loss_and_grads(triton_scan, a, b, reset, h0)
+    expected, expected_grads = loss_and_grads(linear_scan_reference, a, b, reset, h0)
+    torch.testing.assert_close(h, expected, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [1024, pytest.param(4096, marks=pytest.mark.slow)],  # 4096: ~55 s interpreted
+)
+def test_float16_scan_keeps_a_float32_state(steps):
+    """fp16 inputs, T up to 4096: h (handed back in fp16) and the gradients within 1e-2 of
+    float64; the op's own state is float32. (bfloat16 is wrong under the interpreter.)"""
+    a, b, reset, h0 = make_inputs(2, steps, 4, torch.float16, p_reset=0.01, seed=12)
+    assert scan_triton.linear_scan_triton(a, b, reset, h0).dtype == torch.float32
+    h, grads = loss_and_grads(triton_scan, a, b, reset, h0)
+    expected, expected_grads = loss_and_grads(reference_wide, a, b, reset, h0)
+    assert h.dtype == torch.float16
+    assert relative_error(h, expected) < 1e-2
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert got.dtype == torch.float16
+        assert relative_error(got, want) < 1e-2
+
+
+def test_strided_inputs():
+    """Non-contiguous a, b (a transposed view) give the same states as contiguous copies."""
+    a, b, reset, h0 = make_inputs(2, 6, 130, torch.complex64, seed=13)
+    strided = torch.stack([a, a], dim=3)[..., 0]  # stride 2 over channels
+    assert not strided.is_contiguous() and torch.equal(strided, a)
+    torch.testing.assert_close(
+        triton_scan(strided, b, reset, h0)[0], triton_scan(a, b, reset, h0)[0], rtol=0, atol=0
+    )
+
+
+@pytest.mark.parametrize(
+    "batch, steps, channels, segments",
+    [
+        (8, 128, 32, 2),  # an S5 rollout batch: 8 rows fill few SMs, so T is split
+        (32, 8192, 64, 9),  # 64 rows × 9 segments of 960 steps = 576 programs
+        (1, 16384, 2, 256),
+        (256, 4096, 256, 1),  # 2,048 programs already: one segment, the round-1 kernel
+        (4, 50, 8, 1),  # a single chunk cannot be split
+    ],
+)
+def test_plan_fills_the_gpu_for_rl_shapes(batch, steps, channels, segments):
+    block_t, block_n, seg_len, count = scan_triton.plan(batch, steps, channels, torch.device("cpu"))
+    assert count == segments and seg_len % block_t == 0 and count * seg_len >= steps
+    assert (count - 1) * seg_len < steps  # no empty segment
