@@ -1,4 +1,5 @@
-"""The one rule for choosing a kernel implementation, shared by attention, MoE and scan."""
+"""The rules shared by the kernels of attention, MoE and scan: which implementation runs
+(`resolve_backend`) and how float32 inputs are multiplied (`fp32_dot_precision`)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,15 @@ def resolve_backend(
             "before the kernel module is imported"
         )
     return backend
+
+
+def fp32_dot_precision(dtype: torch.dtype) -> str | None:
+    """`input_precision` of every `tl.dot` in the kernels, one policy for attention and MoE:
+    float32 inputs follow torch's own matmul setting, `torch.backends.cuda.matmul.fp32_precision`
+    ("tf32": TF32 tensor cores, ~1e-3 relative error; "ieee", torch's default: exact float32
+    products); other dtypes (float16 / bfloat16) get Triton's default (None). The legacy
+    `torch.backends.cuda.matmul.allow_tf32 = True` sets the same flag; it is not read here
+    because reading it raises in torch 2.13 once the new API has been used."""
+    if dtype != torch.float32:
+        return None
+    return "tf32" if torch.backends.cuda.matmul.fp32_precision == "tf32" else "ieee"

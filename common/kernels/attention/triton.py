@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from common.kernels.backend import triton_interpreted
+from common.kernels.backend import fp32_dot_precision, triton_interpreted
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # not float64
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -231,11 +231,23 @@ def _dkdv_kernel(
     WINDOWED: tl.constexpr,
     VARLEN: tl.constexpr,
     PRECISION: tl.constexpr,
+    SPLIT_GROUP: tl.constexpr,
 ):
     """dV = Σ Pᵀ dO, dK = scale · Σ dSᵀ Q for one key block, summed over the query blocks and
-    the `group` query heads that share this kv head. Works on transposed scores Sᵀ (N, M)."""
-    b = tl.program_id(0).to(tl.int64) // kv_heads
-    hk = tl.program_id(0).to(tl.int64) % kv_heads
+    the `group` query heads that share this kv head. Works on transposed scores Sᵀ (N, M).
+    SPLIT_GROUP: one program per *query* head instead, writing its share to float32 DK / DV
+    buffers shaped like Q (summed over the group afterwards): `group`× the programs for GQA
+    shapes whose kv heads alone leave the GPU under-filled."""
+    if SPLIT_GROUP:
+        b = tl.program_id(0).to(tl.int64) // (kv_heads * group)
+        h_first = tl.program_id(0).to(tl.int64) % (kv_heads * group)
+        hk = h_first // group
+        heads_here = 1
+    else:
+        b = tl.program_id(0).to(tl.int64) // kv_heads
+        hk = tl.program_id(0).to(tl.int64) % kv_heads
+        h_first = hk * group
+        heads_here = group
     start_n = tl.program_id(1) * BLOCK_N
     batch, seq_start, seq_len = _sequence(CU, b, seq_len_fixed, VARLEN)
     if start_n >= seq_len:
@@ -252,8 +264,8 @@ def _dkdv_kernel(
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     qk_scale = scale * LOG2E
     lo, hi = _query_range(start_n, seq_len, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOWED)
-    for g in range(group):
-        h = hk * group + g
+    for g in range(heads_here):
+        h = h_first + g
         q_rows = Q + batch * stride_qb + h * stride_qh + seq_start * HEAD_DIM
         do_rows = DO + batch * stride_qb + h * stride_qh + seq_start * HEAD_DIM
         lse_rows = LSE + batch * stride_lb + h * stride_lh + seq_start
@@ -275,8 +287,12 @@ def _dkdv_kernel(
             dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
             ds_t = p_t * (dp_t - delta[None, :])
             dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=PRECISION)
-    tl.store(DK + kv_offset + kv_offs, (dk * scale).to(DK.dtype.element_ty), mask=n_valid)
-    tl.store(DV + kv_offset + kv_offs, dv.to(DV.dtype.element_ty), mask=n_valid)
+    if SPLIT_GROUP:  # this query head's share, in a buffer shaped like Q
+        out_offset = batch * stride_qb + h_first * stride_qh + seq_start * HEAD_DIM
+    else:
+        out_offset = kv_offset
+    tl.store(DK + out_offset + kv_offs, (dk * scale).to(DK.dtype.element_ty), mask=n_valid)
+    tl.store(DV + out_offset + kv_offs, dv.to(DV.dtype.element_ty), mask=n_valid)
 
 
 @triton.jit
@@ -346,20 +362,101 @@ def _dq_kernel(
     tl.store(DQ + q_offset + q_offs, (dq * scale).to(DQ.dtype.element_ty), mask=m_valid[:, None])
 
 
-def _launch(head_dim: int, dtype: torch.dtype, backward: bool) -> dict[str, int]:
-    """Block sizes (tl.dot needs every dimension >= 16) and, on a GPU, warps and stages.
+KIB = 1024
+# Shared memory one block may opt in to, by compute capability (CUDA C++ Programming Guide,
+# "Technical Specifications per Compute Capability"): the limit the launch table is checked
+# against when the device does not report it.
+SHARED_MEMORY = {
+    (7, 5): 64 * KIB,  # T4, RTX 20xx
+    (8, 0): 163 * KIB,  # A100
+    (8, 6): 99 * KIB,  # RTX 30xx, A10, A40
+    (8, 7): 163 * KIB,  # Jetson Orin
+    (8, 9): 99 * KIB,  # L4, L40, RTX 40xx
+    (9, 0): 227 * KIB,  # H100, H200
+    (10, 0): 227 * KIB,  # B200
+    (12, 0): 99 * KIB,  # RTX 50xx
+}
+SHARED_MEMORY_MARGIN = 0.9  # leave room for Triton's own scratch (layout conversions)
+# Candidate (BLOCK_M, BLOCK_N, num_stages), best first; the first that fits is used. Chosen from
+# the FlashAttention-2 Triton tutorial's sizes, not tuned on a GPU (none was lent).
+FORWARD_CANDIDATES = ((128, 64, 3), (128, 64, 2), (64, 64, 2), (64, 32, 2), (32, 32, 1))
+BACKWARD_CANDIDATES = ((64, 64, 2), (64, 32, 2), (32, 32, 2), (32, 32, 1), (16, 16, 1))
+FLOAT32_CANDIDATES = ((64, 32, 2), (32, 32, 2), (32, 32, 1), (16, 16, 1))
+DEFAULT_SMS = 132  # SM count assumed off CUDA (H100 SXM), for the interpreter and the planner
+GQA_SPLIT_BELOW = 2.0  # split a GQA group over programs when the grid has < this × SMs programs
 
-    Small blocks under the CPU interpreter keep the tests quick and exercise several blocks.
-    GPU sizes are untuned; float32 gets smaller ones to fit shared memory (< 100 KiB).
-    """
+
+def shared_memory_bytes(
+    block_m: int, block_n: int, stages: int, head_dim: int, dtype: torch.dtype, backward: bool
+) -> int:
+    """Shared memory a launch keeps in flight, estimated from its pipelined tiles: the forward
+    holds a Q tile and `stages` K and V tiles; the dK/dV pass holds K and V and `stages` Q and
+    dO tiles (the dQ pass needs less). Scores and accumulators live in registers."""
+    element = torch.finfo(dtype).bits // 8
+    if backward:
+        return element * head_dim * (2 * block_n + 2 * stages * block_m)
+    return element * head_dim * (block_m + 2 * stages * block_n)
+
+
+def shared_memory_limit(device: torch.device | None = None, capability=None) -> int:
+    """Bytes of shared memory a block may use: what the CUDA device reports, else the table
+    entry for `capability` (unknown capabilities get the smallest entry)."""
+    if device is not None and device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        reported = getattr(props, "shared_memory_per_block_optin", 0)
+        if reported:
+            return reported
+        capability = (props.major, props.minor)
+    return SHARED_MEMORY.get(capability, min(SHARED_MEMORY.values()))
+
+
+def launch_config(
+    head_dim: int, dtype: torch.dtype, backward: bool, shared_memory: int
+) -> dict[str, int]:
+    """The first candidate (block sizes, pipeline stages) whose tiles fit `shared_memory`
+    (times SHARED_MEMORY_MARGIN), with 8 warps at head dim 128 and 4 otherwise. A table
+    checked against each device's limit rather than `triton.autotune`: it needs no GPU to
+    test, and adds no compile-and-time pass on the first call of every shape."""
+    if dtype == torch.float32:
+        candidates = FLOAT32_CANDIDATES
+    else:
+        candidates = BACKWARD_CANDIDATES if backward else FORWARD_CANDIDATES
+    budget = SHARED_MEMORY_MARGIN * shared_memory
+    for block_m, block_n, stages in candidates:
+        if shared_memory_bytes(block_m, block_n, stages, head_dim, dtype, backward) <= budget:
+            warps = 8 if head_dim == 128 and dtype != torch.float32 else 4
+            return {
+                "BLOCK_M": block_m,
+                "BLOCK_N": block_n,
+                "num_warps": warps,
+                "num_stages": stages,
+            }
+    raise ValueError(
+        f"no attention launch config fits {shared_memory} bytes of shared memory "
+        f"(head_dim={head_dim}, {dtype})"
+    )
+
+
+def _launch(
+    head_dim: int, dtype: torch.dtype, backward: bool, device: torch.device
+) -> dict[str, int]:
+    """Block sizes (tl.dot needs every dimension >= 16) and, on a GPU, warps and stages.
+    Small blocks under the CPU interpreter keep the tests quick and exercise several blocks."""
     if triton_interpreted():
         return {"BLOCK_M": 16, "BLOCK_N": 16}
-    warps = 8 if head_dim == 128 else 4
-    if dtype == torch.float32:
-        return {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
-    if backward:
-        return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": warps, "num_stages": 2}
-    return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": warps, "num_stages": 3}
+    return launch_config(head_dim, dtype, backward, shared_memory_limit(device))
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return DEFAULT_SMS
+
+
+def split_gqa(programs: int, group: int, device: torch.device) -> bool:
+    """Run the dK/dV pass per query head (then sum each group) when kv heads × key blocks give
+    fewer than GQA_SPLIT_BELOW programs per SM: MQA/GQA with few kv heads and short T."""
+    return group > 1 and programs < GQA_SPLIT_BELOW * sm_count(device)
 
 
 def _grid(
@@ -380,8 +477,8 @@ def _mask_flags(
         "CAUSAL": causal,
         "WINDOWED": window > 0,
         "VARLEN": cu_seqlens is not None,
-        # float32 inputs are multiplied exactly (no TF32) so they match the float64 reference.
-        "PRECISION": "ieee" if q.dtype == torch.float32 else None,
+        # float32: exact unless torch's matmul fp32_precision is "tf32" (the MoE's rule too)
+        "PRECISION": fp32_dot_precision(q.dtype),
     }
 
 
@@ -401,7 +498,7 @@ def flash_attention_forward(
     batch, heads, seq, _ = q.shape
     o = torch.empty_like(q)
     lse = torch.empty(batch, heads, seq, dtype=torch.float32, device=q.device)
-    launch = _launch(q.shape[-1], q.dtype, backward=False)
+    launch = _launch(q.shape[-1], q.dtype, backward=False, device=q.device)
     _forward_kernel[_grid(q, cu_seqlens, heads, launch["BLOCK_M"])](
         q,
         k,
@@ -471,28 +568,42 @@ def flash_attention_backward(
     )
     grad_dtype = torch.float32 if fp32_grads else q.dtype
     dq, dk, dv = (torch.empty(t.shape, dtype=grad_dtype, device=t.device) for t in (q, k, v))
-    launch = _launch(head_dim, q.dtype, backward=True)
+    launch = _launch(head_dim, q.dtype, backward=True, device=q.device)
     flags = _mask_flags(q, cu_seqlens, causal, window)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1))
-    _dkdv_kernel[_grid(q, cu_seqlens, kv_heads, launch["BLOCK_N"])](
+    group = heads // kv_heads
+    grid = _grid(q, cu_seqlens, kv_heads, launch["BLOCK_N"])
+    split = split_gqa(grid[0] * grid[1], group, q.device)
+    if split:  # per-query-head shares, summed over each group below
+        grid = (grid[0] * group, grid[1])
+        dk_out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+        dv_out = torch.empty_like(dk_out)
+    else:
+        dk_out, dv_out = dk, dv
+    _dkdv_kernel[grid](
         q,
         k,
         v,
         do,
         lse,
         delta,
-        dk,
-        dv,
+        dk_out,
+        dv_out,
         cu_seqlens,
         *strides,
         seq,
         kv_heads,
-        heads // kv_heads,
+        group,
         scale,
         window,
         **flags,
         **launch,
+        SPLIT_GROUP=split,
     )
+    if split:
+        shape = (q.shape[0], kv_heads, group, *q.shape[2:])
+        dk.copy_(dk_out.view(shape).sum(2))
+        dv.copy_(dv_out.view(shape).sum(2))
     _dq_kernel[_grid(q, cu_seqlens, heads, launch["BLOCK_M"])](
         q,
         k,

@@ -13,7 +13,8 @@ tile) that accumulates over that expert's rows in float32. Experts with no rows 
 
 Both are `torch.library.custom_op`s with fake (meta) implementations and a registered autograd
 formula, so they compose with autograd and `torch.compile`. fp32 inputs use TF32 in `tl.dot`
-only when `torch.backends.cuda.matmul.fp32_precision == "tf32"`, as `torch.matmul` does.
+only when `torch.backends.cuda.matmul.fp32_precision == "tf32"`, as `torch.matmul` does
+(`common.kernels.backend.fp32_dot_precision`, the policy attention follows too).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from common.kernels.backend import resolve_backend
+from common.kernels.backend import fp32_dot_precision, resolve_backend
 from common.kernels.moe.reference import check_grouped_mm
 
 BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 32
@@ -159,12 +160,6 @@ def _grouped_mm_weight_grad_kernel(
     )
 
 
-def _input_precision(dtype: torch.dtype) -> str:
-    # Not `allow_tf32`: reading it raises once TF32 was set through the fp32_precision API.
-    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.fp32_precision == "tf32"
-    return "tf32" if tf32 else "ieee"
-
-
 @torch.library.custom_op("seqcontrol::grouped_mm", mutates_args=())
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """y[offsets[e]:offsets[e+1]] = x[offsets[e]:offsets[e+1]] @ w[e] for all experts, one launch.
@@ -193,7 +188,7 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch
         BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N,
         BLOCK_K=BLOCK_K,
-        INPUT_PRECISION=_input_precision(x.dtype),
+        INPUT_PRECISION=fp32_dot_precision(x.dtype),
         num_warps=NUM_WARPS,
     )
     return y
@@ -238,7 +233,7 @@ def grouped_mm_weight_grad(
         BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N,
         BLOCK_K=BLOCK_K,
-        INPUT_PRECISION=_input_precision(x.dtype),
+        INPUT_PRECISION=fp32_dot_precision(x.dtype),
         num_warps=NUM_WARPS,
     )
     return dw

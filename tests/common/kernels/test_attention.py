@@ -116,8 +116,9 @@ def test_triton_with_gpu_block_sizes(monkeypatch):
     T = 150 with GQA 4/2, causal + window, and packing with an empty sequence and a sequence
     longer than one forward query block."""
     monkeypatch.setattr(attention_triton, "triton_interpreted", lambda: False)
-    forward = attention_triton._launch(32, torch.float16, backward=False)
-    backward = attention_triton._launch(32, torch.float16, backward=True)
+    cpu = torch.device("cpu")  # off CUDA the smallest listed shared memory (64 KiB) applies
+    forward = attention_triton._launch(32, torch.float16, backward=False, device=cpu)
+    backward = attention_triton._launch(32, torch.float16, backward=True, device=cpu)
     assert (forward["BLOCK_M"], forward["BLOCK_N"]) == (128, 64)
     assert (backward["BLOCK_M"], backward["BLOCK_N"]) == (64, 64)
     tensors = _inputs(1, 4, 2, 150, 32, seed=1)
@@ -368,3 +369,56 @@ def test_triton_rejects_float64():
     q, k, v = _inputs(1, 2, 2, 8, 32)
     with pytest.raises(ValueError, match=r"backend='triton' takes dtypes .*; got torch.float64"):
         attention(q, k, v, backend="triton")
+
+
+@pytest.mark.parametrize("capability", list(attention_triton.SHARED_MEMORY))
+def test_launch_configs_fit_every_listed_device(capability):
+    limit = attention_triton.shared_memory_limit(capability=capability)
+    for head_dim in (32, 64, 128):
+        for dtype in (torch.float16, torch.bfloat16, torch.float32):
+            for backward in (False, True):
+                config = attention_triton.launch_config(head_dim, dtype, backward, limit)
+                need = attention_triton.shared_memory_bytes(
+                    config["BLOCK_M"],
+                    config["BLOCK_N"],
+                    config["num_stages"],
+                    head_dim,
+                    dtype,
+                    backward,
+                )
+                assert need <= limit, (capability, head_dim, dtype, backward, config)
+
+
+def test_head_dim_128_half_forward_config_by_device():
+    """The round-1 config (128 × 64, 3 stages, ~128 KiB) stays on H100 / A100 and is replaced
+    where shared memory is ~100 KiB (sm_86 / sm_89)."""
+
+    def forward(capability):
+        limit = attention_triton.shared_memory_limit(capability=capability)
+        config = attention_triton.launch_config(128, torch.float16, False, limit)
+        return config["BLOCK_M"], config["BLOCK_N"], config["num_stages"], config["num_warps"]
+
+    assert forward((9, 0)) == forward((8, 0)) == (128, 64, 3, 8)
+    assert forward((8, 6)) == forward((8, 9)) == (64, 64, 2, 8)
+    with pytest.raises(ValueError, match="no attention launch config fits 1024 bytes"):
+        attention_triton.launch_config(128, torch.float16, False, 1024)
+
+
+@pytest.mark.parametrize("name", ["gqa_causal", "mqa_d128", "varlen_causal"])
+def test_gqa_backward_split_over_query_heads_equals_the_grouped_loop(monkeypatch, name):
+    """dK/dV parallel over the group's query heads (the default for these small grids) = one
+    program looping over the group (forced by GQA_SPLIT_BELOW = 0), and both = float64."""
+    tensors, causal, window, cu_seqlens, grad_out = _case(name)
+    assert attention_triton.split_gqa(8, 2, torch.device("cpu"))
+
+    def fn(q, k, v):
+        kwargs = {"causal": causal, "window": window, "cu_seqlens": cu_seqlens}
+        return attention(q, k, v, backend="triton", **kwargs)
+
+    split = _values_and_grads(fn, tensors, torch.float32, grad_out)
+    monkeypatch.setattr(attention_triton, "GQA_SPLIT_BELOW", 0.0)
+    assert not attention_triton.split_gqa(8, 2, torch.device("cpu"))
+    grouped = _values_and_grads(fn, tensors, torch.float32, grad_out)
+    for a, b in zip(split, grouped, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    _check_against_float64(tensors, causal, window, cu_seqlens, grad_out, torch.float32)

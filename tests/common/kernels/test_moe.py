@@ -13,7 +13,9 @@ import torch.nn.functional as F
 import triton
 from torch.func import functional_call
 
+import common.kernels.attention.triton as attention_triton
 import common.kernels.moe.triton as moe_triton
+from common.kernels.backend import fp32_dot_precision
 from common.kernels.moe import MoE, grouped_mm, grouped_mm_reference, moe_reference
 from common.kernels.moe.triton import BLOCK_M
 
@@ -340,3 +342,38 @@ def test_bad_input_raises():
         grouped_mm(x, w, offsets_of([3, 7]))
     with pytest.raises(ValueError, match=r"x is torch.float16 but w is torch.float32"):
         grouped_mm(x.half(), w, offsets_of([3, 3, 4]))
+
+
+@pytest.mark.parametrize("setting, expected", [("ieee", "ieee"), ("tf32", "tf32")])
+def test_one_tf32_policy_for_attention_and_moe(setting, expected):
+    """float32 dot products in both kernels follow torch.backends.cuda.matmul.fp32_precision;
+    half-precision inputs get Triton's default whatever the setting."""
+    matmul = torch.backends.cuda.matmul
+    previous = matmul.fp32_precision
+    matmul.fp32_precision = setting
+    try:
+        q = torch.zeros(1, 1, 16, 32)
+        assert attention_triton._mask_flags(q, None, True, 0)["PRECISION"] == expected
+        assert fp32_dot_precision(torch.float32) == expected
+        assert attention_triton._mask_flags(q.half(), None, True, 0)["PRECISION"] is None
+        assert fp32_dot_precision(torch.bfloat16) is None
+        # the MoE launch reads the same function (recorded from the kernel's arguments)
+        seen = {}
+        kernel = moe_triton._grouped_mm_kernel
+
+        class Recorder:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    seen["precision"] = kwargs["INPUT_PRECISION"]
+                    return kernel[grid](*args, **kwargs)
+
+                return launch
+
+        moe_triton._grouped_mm_kernel = Recorder()
+        try:
+            grouped_mm(torch.randn(20, 16), torch.randn(2, 16, 16), offsets_of([7, 13]))
+        finally:
+            moe_triton._grouped_mm_kernel = kernel
+        assert seen["precision"] == expected
+    finally:
+        matmul.fp32_precision = previous
