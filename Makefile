@@ -11,7 +11,7 @@ TORCH := torch==2.13.0
 DEMO_DIR := runs/causal_seq/demo-$(shell date +%Y-%m-%d_%H-%M-%S)
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,10 @@ bench: $(STAMP)
 	$(PYTHON) -m bench.causal_seq
 	$(PYTHON) -m bench.gmom_ppo
 	$(PYTHON) -m bench.s4rl
+
+# every kernel benchmark on the CUDA device, one markdown report named by the GPU
+bench-gpu: $(STAMP)
+	$(PYTHON) -m bench.gpu_report
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -39,12 +39,18 @@ def measure(
     dtype: torch.dtype,
     device: torch.device,
     repeats: int,
+    kv_heads: int | None = None,
 ) -> list[tuple[float, float, int]]:
     """Per attention: (TFLOP/s forward, TFLOP/s forward + backward, peak bytes of one forward +
-    backward)."""
+    backward). `kv_heads` < the query heads: grouped-query attention (GQA)."""
     generator = torch.Generator(device=device).manual_seed(0)
-    q, k, v, grad_out = (
-        torch.randn(shape_q, generator=generator, device=device, dtype=dtype) for _ in range(4)
+    batch, heads, seq, head_dim = shape_q
+    shape_kv = (batch, kv_heads or heads, seq, head_dim)
+    q, grad_out = (
+        torch.randn(shape_q, generator=generator, device=device, dtype=dtype) for _ in range(2)
+    )
+    k, v = (
+        torch.randn(shape_kv, generator=generator, device=device, dtype=dtype) for _ in range(2)
     )
     for t in (q, k, v):
         t.requires_grad_()
@@ -94,7 +100,8 @@ def sdpa_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        gqa = k.shape[1] != q.shape[1]
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
 
 
 def cpu_name() -> str:
@@ -151,6 +158,25 @@ def cuda_table(repeats: int) -> None:
                 )
 
 
+def gqa_table(repeats: int) -> None:
+    """GQA (16 query heads over 2 kv heads, D = 128, causal), where the dK/dV pass runs per
+    query head when kv heads alone under-fill the GPU."""
+    gpu = torch.device("cuda")
+    print("\nGQA 16/2, D = 128, causal, bf16, B·T = 16K tokens; TFLOP/s\n")
+    columns = ["T", "Triton fwd", "SDPA flash fwd", "ratio", "Triton fwd+bwd"]
+    columns += ["SDPA flash fwd+bwd"]
+    print("| " + " | ".join(columns + ["ratio"]) + " |\n" + "|---" * (len(columns) + 1) + "|")
+    for seq in (1024, 4096, 16384):
+        shape = (16384 // seq, 16, seq, 128)
+        ours, base = measure(
+            [triton_path, sdpa_flash], shape, True, torch.bfloat16, gpu, repeats, kv_heads=2
+        )
+        print(
+            f"| {seq} | {ours[0]:.0f} | {base[0]:.0f} | {ours[0] / base[0]:.2f} "
+            f"| {ours[1]:.0f} | {base[1]:.0f} | {ours[1] / base[1]:.2f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
@@ -159,6 +185,7 @@ def main() -> None:
     cpu_table(args.cpu_lengths, args.repeats)
     if torch.cuda.is_available():
         cuda_table(args.repeats)
+        gqa_table(args.repeats)
     else:
         print("\nGPU: not measured (no CUDA device in this run)")
 

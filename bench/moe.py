@@ -55,7 +55,7 @@ def forward_backward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
     model(x.detach().requires_grad_()).sum().backward()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--dim", type=int, default=128)
@@ -70,7 +70,7 @@ def main() -> None:
         help="CPU threads (0: torch's default). 1 by default: on a shared 2-core host OpenMP "
         "synchronisation dominates these small per-expert GEMMs",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -52,7 +52,7 @@ def make_inputs(batch: int, steps: int, channels: int, device: torch.device):
     return tuple(x.to(device) for x in (a, b, reset, h0))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--channels", type=int, default=64)
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = resolve_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
