@@ -31,6 +31,8 @@ operator is written on real and imaginary parts. Arithmetic, aggregates and carr
 (`linear_scan` hands the caller h in the input dtype) and the backward pass reads that float32 h.
 """
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -39,6 +41,9 @@ MAX_BLOCK_T = 64  # time steps per chunk (the within-chunk scan is log2(BLOCK_T)
 MAX_BLOCK_N = 32  # channels per program
 PROGRAMS_PER_SM = 4  # segments are added until the grid has this many programs per SM
 DEFAULT_SMS = 132  # the SM count assumed off CUDA (H100 SXM), for the interpreter
+# Cost of one step of the carry phase relative to one chunk step of phases 1 / 3 (it combines
+# BLOCK_N elements, a chunk step scans BLOCK_T × BLOCK_N): an estimate, not measured on a GPU.
+CARRY_STEP_COST = 0.25
 TRITON_DTYPES = (
     torch.float16,
     torch.bfloat16,
@@ -346,9 +351,12 @@ def _sm_count(device: torch.device) -> int:
 
 def plan(batch: int, steps: int, channels: int, device: torch.device, segment_len: int = 0):
     """(BLOCK_T, BLOCK_N, SEG_LEN, S): chunk and channel block sizes, and the segments that time
-    is split into so that the grid (batch, ⌈channels / BLOCK_N⌉, S) has about PROGRAMS_PER_SM
-    programs per SM (one segment when batch × channel blocks already fill the GPU).
-    `segment_len` > 0 asks for a segment length (rounded up to a multiple of BLOCK_T)."""
+    is split into. S is the smaller of (a) what gives the grid (batch, ⌈channels / BLOCK_N⌉, S)
+    about PROGRAMS_PER_SM programs per SM (one segment when batch × channel blocks already fill
+    the GPU) and (b) the S that minimises the depth 2 · chunks / S + CARRY_STEP_COST · S, i.e.
+    √(2 · chunks / CARRY_STEP_COST): past it, more segments lengthen the carry phase more than
+    they shorten the others. `segment_len` > 0 asks for a segment length instead (rounded up to
+    a multiple of BLOCK_T)."""
     block_t = min(triton.next_power_of_2(steps), MAX_BLOCK_T)
     block_n = min(triton.next_power_of_2(channels), MAX_BLOCK_N)
     chunks = triton.cdiv(steps, block_t)
@@ -357,7 +365,8 @@ def plan(batch: int, steps: int, channels: int, device: torch.device, segment_le
     else:
         rows = batch * triton.cdiv(channels, block_n)
         wanted = triton.cdiv(PROGRAMS_PER_SM * _sm_count(device), rows)
-        per_segment = triton.cdiv(chunks, max(1, wanted))
+        shallowest = math.ceil(math.sqrt(2 * chunks / CARRY_STEP_COST))
+        per_segment = triton.cdiv(chunks, max(1, min(wanted, shallowest)))
     per_segment = min(per_segment, chunks)
     seg_len = per_segment * block_t
     return block_t, block_n, seg_len, triton.cdiv(steps, seg_len)
