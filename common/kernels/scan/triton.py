@@ -355,8 +355,9 @@ def plan(batch: int, steps: int, channels: int, device: torch.device, segment_le
     about PROGRAMS_PER_SM programs per SM (one segment when batch × channel blocks already fill
     the GPU) and (b) the S that minimises the depth 2 · chunks / S + CARRY_STEP_COST · S, i.e.
     √(2 · chunks / CARRY_STEP_COST): past it, more segments lengthen the carry phase more than
-    they shorten the others. `segment_len` > 0 asks for a segment length instead (rounded up to
-    a multiple of BLOCK_T)."""
+    they shorten the others; and one segment where three phases are no shallower than one pass
+    (short T). `segment_len` > 0 asks for a segment length instead (rounded up to a multiple of
+    BLOCK_T)."""
     block_t = min(triton.next_power_of_2(steps), MAX_BLOCK_T)
     block_n = min(triton.next_power_of_2(channels), MAX_BLOCK_N)
     chunks = triton.cdiv(steps, block_t)
@@ -367,6 +368,9 @@ def plan(batch: int, steps: int, channels: int, device: torch.device, segment_le
         wanted = triton.cdiv(PROGRAMS_PER_SM * _sm_count(device), rows)
         shallowest = math.ceil(math.sqrt(2 * chunks / CARRY_STEP_COST))
         per_segment = triton.cdiv(chunks, max(1, min(wanted, shallowest)))
+        segments = triton.cdiv(chunks, per_segment)
+        if 2 * per_segment + CARRY_STEP_COST * (segments - 1) >= chunks:
+            per_segment = chunks  # three phases would not be shallower than one pass
     per_segment = min(per_segment, chunks)
     seg_len = per_segment * block_t
     return block_t, block_n, seg_len, triton.cdiv(steps, seg_len)

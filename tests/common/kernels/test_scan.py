@@ -348,7 +348,8 @@ def test_strided_inputs():
 @pytest.mark.parametrize(
     "batch, steps, channels, segments",
     [
-        (8, 128, 32, 2),  # an S5 rollout batch: 8 rows fill few SMs, so T is split
+        (8, 128, 32, 1),  # a PPO rollout of 2 chunks: three phases would be no shallower
+        (8, 512, 32, 8),  # 8 rows fill few SMs, so T is split
         (32, 8192, 64, 9),  # 64 rows × 9 segments of 960 steps = 576 programs
         (1, 16384, 2, 43),  # one row: the depth bound (2·256/S + S/4 is least near S = 45)
         (256, 4096, 256, 1),  # 2,048 programs already: one segment, the round-1 kernel
