@@ -99,9 +99,11 @@ def _last_row(x, last):
 
 
 @triton.jit
-def _fold(acc_r, acc_i, acc_cut, ar, ai, cut):
-    """A of the operator after appending a chunk with prefix product (ar, ai) and reset flag
-    `cut` to a segment's A so far: cut ? a : a · A (complex product)."""
+def _fold(acc_r, acc_i, acc_cut, scan_ar, scan_ai, scan_r, last):
+    """A and R of a segment so far after appending a chunk whose prefix scan is (scan_a, scan_r):
+    with the chunk's totals a = scan_a, cut = scan_r at its last row, A ← cut ? a : a · A
+    (complex product) and R ← R ∨ cut."""
+    ar, ai, cut = _last_row(scan_ar, last), _last_row(scan_ai, last), _last_row(scan_r, last)
     new_r = tl.where(cut != 0, ar, ar * acc_r - ai * acc_i)
     new_i = tl.where(cut != 0, ai, ar * acc_i + ai * acc_r)
     return new_r, new_i, acc_cut | cut
@@ -238,14 +240,7 @@ def _linear_scan_fwd_kernel(
         r = _load_reset(reset_ptr, batch * T + t, t < T, HAS_RESET, BLOCK_N)
         out_r, out_i, scan_ar, scan_ai, scan_r = _scan_chunk(ar, ai, br, bi, r, hr, hi, COMPLEX)
         if AGGREGATE:
-            acc_r, acc_i, acc_cut = _fold(
-                acc_r,
-                acc_i,
-                acc_cut,
-                _last_row(scan_ar, last),
-                _last_row(scan_ai, last),
-                _last_row(scan_r, last),
-            )
+            acc_r, acc_i, acc_cut = _fold(acc_r, acc_i, acc_cut, scan_ar, scan_ai, scan_r, last)
         else:
             _store(h_ptr, offs, mask, out_r, out_i, COMPLEX)
         # The carry is the last row; rows past T (zero-padded) only occur in the last chunk.
@@ -316,14 +311,7 @@ def _linear_scan_bwd_kernel(
             ar, -ai, ghr, ghi, r_next, gr_carry, gi_carry, COMPLEX
         )
         if AGGREGATE:
-            acc_r, acc_i, acc_cut = _fold(
-                acc_r,
-                acc_i,
-                acc_cut,
-                _last_row(scan_ar, last),
-                _last_row(scan_ai, last),
-                _last_row(scan_r, last),
-            )
+            acc_r, acc_i, acc_cut = _fold(acc_r, acc_i, acc_cut, scan_ar, scan_ai, scan_r, last)
         else:
             _store(grad_b_ptr, offs, mask, gr, gi, COMPLEX)
             # dL/da_t = g_t conj(h_{t-1}), with h_{-1} = h0 and zero where a reset cut it off.

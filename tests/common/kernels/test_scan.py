@@ -279,6 +279,15 @@ def test_triton_rejects_unsupported_dtype():
         linear_scan(a, a, backend="triton")
 
 
+def assert_float64_match(scan, a, b, reset, h0):
+    """Values and dL/da, dL/db, dL/dh0 of `scan` = the float64 reference to 1e-10."""
+    h, grads = loss_and_grads(scan, a, b, reset, h0)
+    expected, expected_grads = loss_and_grads(linear_scan_reference, a, b, reset, h0)
+    torch.testing.assert_close(h, expected, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
 def triton_segments(segment_len):
     def scan(a, b, reset, h0):
         h = scan_triton.linear_scan_triton(a, b, reset, h0, segment_len).to(a.dtype)
@@ -295,11 +304,7 @@ def test_segment_parallel_scan_matches_reference(dtype, steps, segment_len):
     a, b, reset, h0 = make_inputs(2, steps, 5, dtype, p_reset=0.05, seed=steps)
     reset[0, 128 % steps] = True  # a reset on the first step of a segment (T > 128)
     reset[1, 0] = True  # h0 discarded in one row
-    h, grads = loss_and_grads(triton_segments(segment_len), a, b, reset, h0)
-    expected, expected_grads = loss_and_grads(linear_scan_reference, a, b, reset, h0)
-    torch.testing.assert_close(h, expected, rtol=1e-10, atol=1e-10)
-    for got, want in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert_float64_match(triton_segments(segment_len), a, b, reset, h0)
 
 
 @pytest.mark.parametrize(
@@ -307,14 +312,10 @@ def test_segment_parallel_scan_matches_reference(dtype, steps, segment_len):
     [2048, pytest.param(16384, marks=pytest.mark.slow)],  # 16K: ~50 s interpreted
 )
 def test_segment_parallel_scan_on_long_sequences(steps):
-    """T up to 16,384 with random resets, the planned segments (one row: 21 or 43 segments)."""
+    """T up to 16,384 with random resets, the planned segments (one row: 16 or 43 segments)."""
     a, b, reset, h0 = make_inputs(1, steps, 2, torch.float64, p_reset=0.002, seed=11)
     assert scan_triton.plan(1, steps, 2, a.device)[3] == {2048: 16, 16384: 43}[steps]
-    h, grads = loss_and_grads(triton_scan, a, b, reset, h0)
-    expected, expected_grads = loss_and_grads(linear_scan_reference, a, b, reset, h0)
-    torch.testing.assert_close(h, expected, rtol=1e-10, atol=1e-10)
-    for got, want in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert_float64_match(triton_scan, a, b, reset, h0)
 
 
 @pytest.mark.parametrize(
