@@ -55,7 +55,10 @@ def load_run(run_dir: Path) -> tuple[DictConfig, AlgorithmDistillationTransforme
 def label(cfg: DictConfig) -> str:
     """Table / plot name of a run: AD, ED, or AD on subsampled histories."""
     every = cfg.get("subsample_every", 1)
-    return LABELS[cfg.method] + (f" (every {every}th episode)" if every > 1 else "")
+    if every == 1:
+        return LABELS[cfg.method]
+    nth = {2: "2nd", 3: "3rd"}.get(every, f"{every}th")
+    return f"{LABELS[cfg.method]} (every {nth} episode)"
 
 
 def evaluate_run(run_dir: Path, episodes: int, copies: int, seed: int, split: str) -> dict:
