@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from algo_distill.eval import results_markdown, summarise
+from omegaconf import OmegaConf
+
+from algo_distill.eval import label, results_markdown, summarise
 
 
 def test_spread_over_seeds_is_the_sample_std_with_an_interval():
@@ -30,3 +32,13 @@ def test_never_reaching_80_percent_is_said():
     assert results_markdown({"ED": row}, 2.0, "val").splitlines()[-1] == (
         "| ED | 1.00 (n=1) | 1.00 (n=1) | 0.50 (n=1) | never (0) |"
     )
+
+
+def test_run_labels_name_the_subsampling():
+    def cfg(method, every):
+        return OmegaConf.create({"method": method, "subsample_every": every})
+
+    assert label(cfg("algorithm_distillation", 1)) == "AD"
+    assert label(cfg("algorithm_distillation", 2)) == "AD (every 2nd episode)"
+    assert label(cfg("algorithm_distillation", 4)) == "AD (every 4th episode)"
+    assert label(OmegaConf.create({"method": "expert_distillation"})) == "ED"
