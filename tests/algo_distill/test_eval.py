@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from omegaconf import OmegaConf
 
 from algo_distill.eval import label, results_markdown, summarise
