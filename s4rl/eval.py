@@ -21,6 +21,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import gymnasium
 import hydra
 import matplotlib.pyplot as plt
 import numpy as np
@@ -38,18 +39,24 @@ from s4rl.train import build_agent
 MODEL_ORDER = ("s5", "s5_noreset", "lstm", "gru", "transformer")
 
 
-@torch.no_grad()
-def rollout(cfg: DictConfig, run_dir: Path, ecfg: DictConfig) -> dict:
-    """Roll the run's final weights out on `ecfg.episodes` environments in parallel, each for
-    `ecfg.episodes_per_env` episodes (meta-episodes) in a row; returns mean return, success
-    (memory task) and the mean return per trial index (meta tasks)."""
-    task, episodes, greedy = cfg.task.copy(), ecfg.episodes, ecfg.greedy
+def eval_env(cfg: DictConfig, ecfg: DictConfig):
+    """The run's task on `ecfg.episodes` environments with seeds unseen in training; meta_cartpole
+    gets `ecfg.trials` trials, meta_dmc the `ecfg.dmc_split` tasks."""
+    task = cfg.task.copy()
     with open_dict(task):
         if task.name == "meta_cartpole":
             task.trials = ecfg.trials
         if task.name == "meta_dmc":
             task.split = ecfg.dmc_split
-    env = make_env(task, episodes, cfg.seed + 10_000)  # seeds unseen in training
+    return make_env(task, ecfg.episodes, cfg.seed + 10_000)
+
+
+@torch.no_grad()
+def rollout(cfg: DictConfig, run_dir: Path, ecfg: DictConfig) -> dict:
+    """Roll the run's final weights out on `ecfg.episodes` environments in parallel, each for
+    `ecfg.episodes_per_env` episodes (meta-episodes) in a row; returns mean return, success
+    (memory task) and the mean return per trial index (meta tasks)."""
+    env = eval_env(cfg, ecfg)
     agent = build_agent(cfg, env)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
@@ -57,22 +64,44 @@ def rollout(cfg: DictConfig, run_dir: Path, ecfg: DictConfig) -> dict:
     load_checkpoint(checkpoint, models={"agent": agent}, restore_rng=False)
     agent.eval()
     torch.manual_seed(cfg.seed)
-    obs = torch.as_tensor(env.reset())
-    reset = torch.ones(episodes, dtype=torch.bool)
-    state = agent.initial_state(episodes)
-    # Each environment runs `episodes_per_env` episodes in a row, the memory stepping through
-    # them as in training (so a model without resets sees its state leak between them).
-    repeats = ecfg.episodes_per_env
+    state = agent.initial_state(ecfg.episodes)
+
+    def act(obs: np.ndarray, reset: np.ndarray) -> np.ndarray:
+        nonlocal state
+        dist, _, state = agent.step(torch.as_tensor(obs), torch.as_tensor(reset), state)
+        if ecfg.greedy:
+            action = dist.probs.argmax(-1) if agent.discrete else dist.mean
+        else:
+            action = dist.sample()
+        return action.numpy()
+
+    return play(env, act, ecfg.episodes_per_env)
+
+
+def random_policy(cfg: DictConfig, ecfg: DictConfig) -> dict:
+    """The same evaluation with uniformly random actions: the floor a learned policy must clear."""
+    env = eval_env(cfg, ecfg)
+    rng = np.random.default_rng(cfg.seed)
+    space = env.action_space
+
+    def act(obs: np.ndarray, reset: np.ndarray) -> np.ndarray:
+        if isinstance(space, gymnasium.spaces.Discrete):
+            return rng.integers(0, space.n, len(obs))
+        return rng.uniform(space.low, space.high, (len(obs), *space.shape)).astype(np.float32)
+
+    return play(env, act, ecfg.episodes_per_env)
+
+
+def play(env, act, repeats: int) -> dict:
+    """Step every environment for `repeats` episodes in a row with `act(obs, reset)`."""
+    episodes = env.num_envs
+    obs = env.reset()
+    reset = np.ones(episodes, dtype=bool)
     count = np.zeros(episodes, dtype=np.int64)
     returns, success = [], []
     trial_returns: dict[int, list[float]] = defaultdict(list)
     for _ in range((env.max_episode_steps + 1) * repeats):
-        dist, _, state = agent.step(obs, reset, state)
-        if greedy:
-            action = dist.probs.argmax(-1) if agent.discrete else dist.mean
-        else:
-            action = dist.sample()
-        next_obs, _, done, info = env.step(action.numpy())
+        next_obs, _, done, info = env.step(act(obs, reset))
         live = count < repeats
         counted = done & live
         returns.extend(info["episode_return"][counted].tolist())
@@ -87,7 +116,7 @@ def rollout(cfg: DictConfig, run_dir: Path, ecfg: DictConfig) -> dict:
         count += done
         if (count >= repeats).all():
             break
-        obs, reset = torch.as_tensor(next_obs), torch.as_tensor(done)
+        obs, reset = next_obs, done
     env.close()
     result = {"eval_return": float(np.mean(returns)), "eval_episodes": len(returns)}
     if success:
@@ -239,6 +268,26 @@ def summarise(runs: list[dict], out_dir: Path, grid_points: int) -> str:
     return markdown
 
 
+def random_baselines(run_dirs: list[Path], ecfg: DictConfig) -> list[str]:
+    """One line per meta-RL task among the runs: a uniformly random policy under the same
+    evaluation (environments, seeds, trials, meta_dmc split) as the "eval return" column."""
+    lines, seen = [], set()
+    for run_dir in run_dirs:
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        if cfg.task.name not in ("meta_cartpole", "meta_dmc") or cfg.task.label in seen:
+            continue
+        seen.add(cfg.task.label)
+        result = random_policy(cfg, ecfg)
+        where = f"the {ecfg.dmc_split} tasks" if cfg.task.name == "meta_dmc" else "new projections"
+        trials = result.get("trial_returns") if cfg.task.name == "meta_cartpole" else None
+        per_trial = f"; per trial {np.mean(trials):.3f}" if trials else ""
+        lines.append(
+            f"random policy, {cfg.task.label} (eval on {where}): eval return "
+            f"{result['eval_return']:.3f}{per_trial}"
+        )
+    return lines
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     root = Path(cfg.runs)
@@ -249,6 +298,11 @@ def main(cfg: DictConfig) -> None:
     runs = [load_run(d, cfg) for d in run_dirs]
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     print(summarise(runs, out_dir, cfg.grid_points))
+    baselines = random_baselines(run_dirs, cfg)
+    if baselines:
+        with open(out_dir / "results.md", "a") as results:
+            results.write("\n" + "\n".join(baselines) + "\n")
+        print("\n".join(baselines))
     print(f"[s4rl.eval] {len(runs)} runs; table, json and plots in {out_dir}")
     if cfg.figures:
         for path in copy_figures(sorted(out_dir.glob("*.png")), cfg.figures):

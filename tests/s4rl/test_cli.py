@@ -78,6 +78,9 @@ def test_smoke_popgym_and_meta_tasks(tmp_path):
         "s4rl.eval", f"runs={sweep}", "episodes=4", "trials=3", f"figures={figures}"
     ).stdout
     assert "| meta_cartpole | s5 | 1 |" in out and "| RepeatPreviousEasy | s5 | 1 |" in out
+    # the floor of the meta tasks: a random policy under the same evaluation
+    assert "random policy, meta_cartpole (eval on new projections): eval return" in out
+    assert "random policy, meta_dmc_train (eval on the test tasks): eval return" in out
     assert (sweep / "eval" / "meta_cartpole_trials.png").exists()
     # the README figures come from the eval command (figures=<dir>), the same files
     assert (figures / "meta_cartpole_trials.png").read_bytes() == (
