@@ -141,13 +141,48 @@ def _load_reset(reset_ptr, offs, mask, HAS_RESET: tl.constexpr, BLOCK_N: tl.cons
 
 
 @triton.jit
-def _store_aggregate(agg_ptr, agg_r_ptr, offs, mask, acc_r, acc_i, acc_cut, hr, hi):
+def _store_aggregate(agg_ptr, agg_r_ptr, batch, seg, cols, mask, N, acc_r, acc_i, acc_cut, hr, hi):
     """Segment element (A, B, R): A, B as (re, im) pairs, then R, in the aggregate buffers."""
+    offs = (batch * tl.num_programs(2) + seg) * N + cols
     tl.store(agg_ptr + 4 * offs, acc_r, mask=mask)
     tl.store(agg_ptr + 4 * offs + 1, acc_i, mask=mask)
     tl.store(agg_ptr + 4 * offs + 2, hr, mask=mask)
     tl.store(agg_ptr + 4 * offs + 3, hi, mask=mask)
     tl.store(agg_r_ptr + offs, acc_cut, mask=mask)
+
+
+@triton.jit
+def _program(N, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's batch row, channels (and which are < N), segment, chunk rows and the
+    mask of a chunk's last row."""
+    batch = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    seg = tl.program_id(2).to(tl.int64)
+    steps = tl.arange(0, BLOCK_T)
+    return batch, cols, seg, cols < N, steps, (steps == BLOCK_T - 1)[:, None]
+
+
+@triton.jit
+def _carry_in(
+    carry_ptr,
+    batch,
+    seg,
+    cols,
+    col_ok,
+    N,
+    HAS_CARRY: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """The state entering this segment (phase 3: from the carry phase), else zero."""
+    if HAS_CARRY:
+        carry = (batch * tl.num_programs(2) + seg) * N + cols
+        re = tl.load(carry_ptr + 2 * carry, mask=col_ok, other=0.0)
+        im = tl.load(carry_ptr + 2 * carry + 1, mask=col_ok, other=0.0)
+    else:
+        re = tl.zeros([BLOCK_N], ACC)
+        im = tl.zeros([BLOCK_N], ACC)
+    return re, im
 
 
 @triton.jit
@@ -214,19 +249,9 @@ def _linear_scan_fwd_kernel(
 ):
     """Phase 1 (AGGREGATE: fold the segment from a zero state, store (A, B, R)) or phase 3
     (scan the segment from its carry, or from h0 when there is one segment, and store h)."""
-    batch = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    seg = tl.program_id(2).to(tl.int64)
-    col_ok = cols < N
-    steps = tl.arange(0, BLOCK_T)
-    last = (steps == BLOCK_T - 1)[:, None]
-    hr = tl.zeros([BLOCK_N], ACC)
-    hi = tl.zeros([BLOCK_N], ACC)
-    if HAS_CARRY:
-        carry = (batch * tl.num_programs(2) + seg) * N + cols
-        hr = tl.load(carry_ptr + 2 * carry, mask=col_ok, other=0.0)
-        hi = tl.load(carry_ptr + 2 * carry + 1, mask=col_ok, other=0.0)
-    elif HAS_H0 and not AGGREGATE:
+    batch, cols, seg, col_ok, steps, last = _program(N, BLOCK_T, BLOCK_N)
+    hr, hi = _carry_in(carry_ptr, batch, seg, cols, col_ok, N, HAS_CARRY, ACC, BLOCK_N)
+    if HAS_H0 and not AGGREGATE and not HAS_CARRY:
         hr, hi = _load(h0_ptr, batch * N + cols, col_ok, COMPLEX, ACC)
     acc_r = tl.full([BLOCK_N], 1.0, ACC)
     acc_i = tl.zeros([BLOCK_N], ACC)
@@ -247,8 +272,9 @@ def _linear_scan_fwd_kernel(
         hr = _last_row(out_r, last)
         hi = _last_row(out_i, last)
     if AGGREGATE:
-        agg = (batch * tl.num_programs(2) + seg) * N + cols
-        _store_aggregate(agg_ptr, agg_r_ptr, agg, col_ok, acc_r, acc_i, acc_cut, hr, hi)
+        _store_aggregate(
+            agg_ptr, agg_r_ptr, batch, seg, cols, col_ok, N, acc_r, acc_i, acc_cut, hr, hi
+        )
 
 
 @triton.jit
@@ -277,18 +303,8 @@ def _linear_scan_bwd_kernel(
 ):
     """The forward kernel's phases 1 / 3 over reversed time: segment `seg` holds the steps
     t = T - 1 - p for p in [seg · SEG_LEN, (seg + 1) · SEG_LEN)."""
-    batch = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    seg = tl.program_id(2).to(tl.int64)
-    col_ok = cols < N
-    steps = tl.arange(0, BLOCK_T)
-    last = (steps == BLOCK_T - 1)[:, None]
-    gr_carry = tl.zeros([BLOCK_N], ACC)
-    gi_carry = tl.zeros([BLOCK_N], ACC)
-    if HAS_CARRY:
-        carry = (batch * tl.num_programs(2) + seg) * N + cols
-        gr_carry = tl.load(carry_ptr + 2 * carry, mask=col_ok, other=0.0)
-        gi_carry = tl.load(carry_ptr + 2 * carry + 1, mask=col_ok, other=0.0)
+    batch, cols, seg, col_ok, steps, last = _program(N, BLOCK_T, BLOCK_N)
+    gr_carry, gi_carry = _carry_in(carry_ptr, batch, seg, cols, col_ok, N, HAS_CARRY, ACC, BLOCK_N)
     if HAS_H0:
         h0r, h0i = _load(h0_ptr, batch * N + cols, col_ok, COMPLEX, ACC)
     acc_r = tl.full([BLOCK_N], 1.0, ACC)
@@ -327,8 +343,20 @@ def _linear_scan_bwd_kernel(
         gr_carry = _last_row(gr, last)
         gi_carry = _last_row(gi, last)
     if AGGREGATE:
-        agg = (batch * tl.num_programs(2) + seg) * N + cols
-        _store_aggregate(agg_ptr, agg_r_ptr, agg, col_ok, acc_r, acc_i, acc_cut, gr_carry, gi_carry)
+        _store_aggregate(
+            agg_ptr,
+            agg_r_ptr,
+            batch,
+            seg,
+            cols,
+            col_ok,
+            N,
+            acc_r,
+            acc_i,
+            acc_cut,
+            gr_carry,
+            gi_carry,
+        )
 
 
 def _sm_count(device: torch.device) -> int:
