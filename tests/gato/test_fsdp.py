@@ -8,7 +8,7 @@ import json
 import numpy as np
 import torch
 
-from tests.entry_points import run_module
+from tests.entry_points import train_one_process_and_fsdp
 
 
 def _losses(run_dir):
@@ -28,22 +28,7 @@ def test_fsdp_on_two_ranks_equals_one_process(smoke_dataset, tmp_path):
         "mixture.atari=0",
         "mixture.captions=0",
     ]
-    run_module("gato.train", *common, f"hydra.run.dir={single}")
-    run_module(
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "-m",
-        "gato.train",
-        *common,
-        "trainer.parallel=fsdp",
-        f"hydra.run.dir={sharded}",
-    )
-    shards = sharded / "checkpoints" / "step_00000003"
-    assert (shards / ".metadata").exists()
-    converted = tmp_path / "converted.pt"
-    run_module("common.convert_checkpoint", str(shards), str(converted))
-    a = torch.load(single / "checkpoints" / "step_00000003.pt", weights_only=True)
-    b = torch.load(converted, weights_only=True)
+    a, b = train_one_process_and_fsdp("gato.train", common, single, sharded, step=3)
     assert a["models"]["model"].keys() == b["models"]["model"].keys()
     for name, tensor in a["models"]["model"].items():
         torch.testing.assert_close(b["models"]["model"][name], tensor, atol=1e-5, rtol=1e-4)

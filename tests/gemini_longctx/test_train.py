@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from common.distributed import spawn_local
 from gemini_longctx.model import LongContextLM
 from gemini_longctx.train import average_gradients, lm_loss, stage_at, validate
-from tests.entry_points import run_module
+from tests.entry_points import run_module, train_one_process_and_fsdp
 from tests.gemini_longctx.tiny import tiny_config
 
 CONF = str(Path(__file__).parents[2] / "gemini_longctx" / "conf")
@@ -121,23 +121,9 @@ def test_fsdp_on_two_ranks_equals_one_process_and_converts_for_eval(tmp_path):
     ends with the one-process weights; the converted checkpoint is what eval loads."""
     no_aux = ["model.aux_loss_coef=0", "model.z_loss_coef=0"]  # per-rank batch statistics
     single, sharded = tmp_path / "single", tmp_path / "fsdp"
-    run_module("gemini_longctx.train", "experiment=smoke", *no_aux, f"hydra.run.dir={single}")
-    run_module(
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "-m",
-        "gemini_longctx.train",
-        "experiment=smoke",
-        "trainer.parallel=fsdp",
-        *no_aux,
-        f"hydra.run.dir={sharded}",
+    a, b = train_one_process_and_fsdp(
+        "gemini_longctx.train", ["experiment=smoke", *no_aux], single, sharded, step=6
     )
-    shards = sharded / "checkpoints" / "step_00000006"
-    assert (shards / ".metadata").exists()
-    converted = sharded / "checkpoints" / "step_00000006.pt"
-    run_module("common.convert_checkpoint", str(shards), str(converted))
-    a = torch.load(single / "checkpoints" / "step_00000006.pt", weights_only=True)
-    b = torch.load(converted, weights_only=True)
     for name, tensor in a["models"]["model"].items():
         torch.testing.assert_close(b["models"]["model"][name], tensor, atol=1e-5, rtol=1e-4)
     losses = [[r["loss"] for r in _records(d) if "loss" in r] for d in (single, sharded)]
