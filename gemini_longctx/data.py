@@ -247,9 +247,19 @@ def retrieval_sample(
     return np.asarray(out, dtype=np.int64), answers
 
 
+def copy_sample(vocab_size: int, length: int, rng) -> np.ndarray:
+    """`length` tokens: a segment of uniformly random token ids, then the same segment again
+    (cut to `length`). Its second half is predictable only by copying from the first — the
+    task on which induction heads form (Olsson et al. 2022), the mechanism a needle is retrieved
+    by; a warm-up source for the retrieval curriculum."""
+    segment = rng.integers(0, vocab_size, size=(length + 1) // 2)
+    return np.concatenate([segment, segment])[:length].astype(np.int64)
+
+
 class Mixture:
-    """Training batches: each sequence is a corpus window (prose or code by `code_weight`) or,
-    with probability `retrieval_fraction`, a retrieval sample over prose filler."""
+    """Training batches: each sequence is, with probability `copy_fraction`, a copy sample, with
+    probability `retrieval_fraction` a retrieval sample over prose filler, else a corpus window
+    (prose or code by `code_weight`)."""
 
     def __init__(
         self,
@@ -260,10 +270,12 @@ class Mixture:
         retrieval_fraction: float,
         max_facts: int,
         seed: int,
+        copy_fraction: float = 0.0,
     ):
         self.streams, self.tokenizer = streams, tokenizer
         self.code_weight = code_weight if "code" in streams else 0.0
         self.retrieval_fraction, self.max_facts = retrieval_fraction, max_facts
+        self.copy_fraction = copy_fraction
         self.rng = np.random.default_rng(seed)
 
     def _window(self, kind: str, length: int) -> np.ndarray:
@@ -275,7 +287,10 @@ class Mixture:
         """(batch_size, seq_len + 1) int64 token ids: inputs are [:, :-1], targets [:, 1:]."""
         rows = []
         for _ in range(batch_size):
-            if self.rng.random() < self.retrieval_fraction:
+            draw = self.rng.random()
+            if draw < self.copy_fraction:
+                rows.append(copy_sample(self.tokenizer.vocab_size, seq_len + 1, self.rng))
+            elif draw < self.copy_fraction + self.retrieval_fraction:
                 sample, _ = retrieval_sample(
                     self.streams["prose"], self.tokenizer, seq_len + 1, self.max_facts, self.rng
                 )

@@ -75,7 +75,7 @@ def validate(cfg: DictConfig) -> None:
         check_number(m, "capacity_factor", "model.")
     check_number(cfg.data, "vocab_size", "data.", integer=True, low=256)
     check_number(cfg.data, "code_bytes", "data.", integer=True, inclusive=True)
-    for key in ("code_weight", "retrieval_fraction"):
+    for key in ("code_weight", "copy_fraction", "retrieval_fraction"):
         check_number(cfg.data, key, "data.", high=1.0, inclusive=True)
     check_number(cfg.data, "max_facts", "data.", integer=True)
     if not cfg.data.prose:
@@ -97,11 +97,34 @@ def validate(cfg: DictConfig) -> None:
         check_number(stage, "steps", f"stages[{i}].", integer=True)
         if cfg.trainer.tokens_per_step % stage.seq_len:
             fail(f"stages[{i}].seq_len", stage.seq_len, "a divisor of trainer.tokens_per_step")
-        if cfg.data.retrieval_fraction > 0 and stage.seq_len < 256:
-            fail(f"stages[{i}].seq_len", stage.seq_len, ">= 256 when data.retrieval_fraction > 0")
+        unknown = set(stage) - set(STAGE_KEYS)
+        if unknown:
+            fail(f"stages[{i}]", sorted(unknown)[0], f"a key among {STAGE_KEYS}")
+        for key in ("copy_fraction", "retrieval_fraction"):
+            if key in stage:
+                check_number(stage, key, f"stages[{i}].", high=1.0, inclusive=True)
+        if "max_facts" in stage:
+            check_number(stage, "max_facts", f"stages[{i}].", integer=True)
+        mix = stage_mixture(cfg, stage)
+        if mix["copy_fraction"] + mix["retrieval_fraction"] > 1:
+            fail(f"stages[{i}]", mix, "copy_fraction + retrieval_fraction <= 1")
+        if mix["retrieval_fraction"] > 0 and stage.seq_len < 256:
+            fail(
+                f"stages[{i}].seq_len", stage.seq_len, ">= 256 when the stage has retrieval samples"
+            )
     if cfg.stages[-1].seq_len > m.max_context:
         fail("model.max_context", m.max_context, "at least the last stage's seq_len")
     check_choice(cfg.logging, "wandb_mode", "logging.", WANDB_MODES)
+
+
+MIXTURE_KEYS = ("copy_fraction", "retrieval_fraction", "max_facts")
+STAGE_KEYS = ("seq_len", "steps", *MIXTURE_KEYS)
+
+
+def stage_mixture(cfg: DictConfig, stage) -> dict:
+    """The stage's copy fraction, retrieval fraction and facts per retrieval sample: its own
+    keys (a retrieval curriculum) or those of `data`."""
+    return {key: stage.get(key, cfg.data[key]) for key in MIXTURE_KEYS}
 
 
 def model_config(cfg: DictConfig, vocab_size: int) -> ModelConfig:
@@ -210,17 +233,22 @@ def validation_metrics(
         starts = rng.integers(0, len(stream) - seq_len - 1, size=batches)
         windows = np.stack([stream[s : s + seq_len + 1] for s in starts]).astype(np.int64)
         metrics[f"val_loss_{kind}"] = float(lm_loss(model, torch.from_numpy(windows).to(device))[0])
-    if cfg.data.retrieval_fraction > 0 and "prose" in streams:
-        correct = 0
+    trains_retrieval = any(stage_mixture(cfg, s)["retrieval_fraction"] > 0 for s in cfg.stages)
+    if trains_retrieval and "prose" in streams:
+        correct, digits, digits_right = 0, 0, 0
         for _ in range(batches):
             sample, answers = retrieval_sample(
                 streams["prose"], tokenizer, seq_len + 1, cfg.data.max_facts, rng
             )
             tokens = torch.from_numpy(sample).to(device)
             predicted = model(tokens[None, :-1]).logits[0].argmax(-1)
-            start, stop = answers[-1]  # the last question
-            correct += bool((predicted[start - 1 : stop - 1] == tokens[start:stop]).all())
+            for start, stop in answers:
+                right = predicted[start - 1 : stop - 1] == tokens[start:stop]
+                digits += stop - start
+                digits_right += int(right.sum())
+            correct += bool(right.all())  # the last question
         metrics["val_retrieval_acc"] = correct / batches
+        metrics["val_retrieval_digit_acc"] = digits_right / digits  # every answer's digits
     model.train()
     return metrics
 
@@ -341,6 +369,8 @@ def _train(cfg: DictConfig, run_dir: Path, device, info: DistInfo, group) -> dic
     while step < total:
         stage = stages[stage_at(stages, step)]
         seq_len = stage["seq_len"]
+        for key, value in stage_mixture(cfg, stage).items():
+            setattr(mixture, key, value)
         tokens = mixture.batch(cfg.trainer.tokens_per_step // seq_len, seq_len)
         if info.enabled and group is None:  # data parallel: this rank's rows of the batch
             tokens = tokens[info.rank :: info.world_size]

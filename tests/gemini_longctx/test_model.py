@@ -13,6 +13,8 @@ from common.kernels.moe import MoE
 from gemini_longctx.data import (
     BPETokenizer,
     Document,
+    Mixture,
+    copy_sample,
     pydoc_topics,
     retrieval_sample,
     split_documents,
@@ -109,6 +111,27 @@ def test_document_split_is_disjoint_seeded_and_per_kind():
     for split in ("val", "test"):  # every kind is represented in each held-out split
         assert {d.kind for d in a[split]} == {"prose", "code"}
     assert len([d for d in a["test"] if d.kind == "prose"]) == 4
+
+
+def test_copy_sample_repeats_its_first_half_and_mixes_in(tokenizer):
+    rng = np.random.default_rng(0)
+    for length in (257, 1025):
+        sample = copy_sample(tokenizer.vocab_size, length, rng)
+        half = (length + 1) // 2
+        assert sample.shape == (length,) and sample.max() < tokenizer.vocab_size
+        np.testing.assert_array_equal(sample[half:], sample[: length - half])
+    stream = token_stream(tokenizer, pydoc_topics()[:40])
+    mix = Mixture(
+        {"prose": stream},
+        tokenizer,
+        code_weight=0.0,
+        retrieval_fraction=0.0,
+        max_facts=1,
+        seed=0,
+        copy_fraction=1.0,
+    )
+    rows = mix.batch(4, 256).numpy()
+    np.testing.assert_array_equal(rows[:, 129:], rows[:, :128])
 
 
 def test_retrieval_sample_layout(tokenizer):

@@ -14,7 +14,14 @@ from hydra import compose, initialize_config_dir
 
 from common.distributed import spawn_local
 from gemini_longctx.model import LongContextLM
-from gemini_longctx.train import average_gradients, lm_loss, stage_at, validate
+from gemini_longctx.train import (
+    MIXTURE_KEYS,
+    average_gradients,
+    lm_loss,
+    stage_at,
+    stage_mixture,
+    validate,
+)
 from tests.entry_points import run_module, train_one_process_and_fsdp
 from tests.gemini_longctx.tiny import tiny_config
 
@@ -67,11 +74,30 @@ def test_smoke_train_stages_and_resume_equals_uninterrupted(tmp_path):
         ("data.retrieval_fraction=1.5", "data.retrieval_fraction"),
         ("data.prose=[]", "data.prose"),
         ("data.vocab_size=100", "data.vocab_size"),
+        ("stages=[{seq_len:256,steps:5,max_fact:1}]", r"stages[0]"),
+        ("stages=[{seq_len:256,steps:5,retrieval_fraction:2.0}]", "stages[0].retrieval_fraction"),
+        ("stages=[{seq_len:256,steps:5,max_facts:0}]", "stages[0].max_facts"),
+        ("stages=[{seq_len:256,steps:5,copy_fraction:0.5,retrieval_fraction:0.6}]", "stages[0]"),
     ],
 )
 def test_bad_config_names_the_field(override, field):
     with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
         validate(_compose([override]))
+
+
+def test_stage_mixture_overrides_the_data_defaults():
+    """A retrieval curriculum: a stage's own retrieval_fraction / max_facts win over data.*;
+    stages without them use data.*."""
+    cfg = _compose(
+        ["stages=[{seq_len:256,steps:5,retrieval_fraction:1.0,max_facts:1},{seq_len:256,steps:5}]"]
+    )
+    validate(cfg)
+    assert stage_mixture(cfg, cfg.stages[0]) == {
+        "copy_fraction": cfg.data.copy_fraction,
+        "retrieval_fraction": 1.0,
+        "max_facts": 1,
+    }
+    assert stage_mixture(cfg, cfg.stages[1]) == {k: cfg.data[k] for k in MIXTURE_KEYS}
 
 
 def test_unknown_prose_source_fails_before_work(tmp_path):
