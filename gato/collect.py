@@ -48,6 +48,7 @@ def validate(cfg: DictConfig) -> None:
     check_number(cfg, "workers", integer=True)
     check_number(cfg, "seed", integer=True, low=0, inclusive=True)
     check_number(cfg, "filter", low=0.0, high=1.0, inclusive=True)
+    check_number(cfg, "control_noise", low=0.0, high=2.0, inclusive=True)
     check_number(cfg, "val_fraction", high=1.0)
     check_number(cfg.text, "chars", "text.", integer=True)
     check_number(cfg.text, "vocab_size", "text.", integer=True, low=1024, inclusive=True)
@@ -65,14 +66,23 @@ def collect_task(
     frac: float,
     val_fraction: float,
     out: str,
+    noise: float = 0.0,
 ) -> dict:
-    """One task: expert and random episodes, the filter, the split, the Minari dataset."""
+    """One task: expert and random episodes, the filter, the split, the Minari dataset.
+
+    With `noise` > 0 the dataset is `episodes` noise-injected expert rollouts (clean actions
+    recorded, `run_episode`), filtered against the score of `episodes` clean expert rollouts."""
     task = get_task(name)
     env = task.make_env(seed)
     base = seed * SEED_STRIDE
     clock = time.perf_counter()
     expert = [run_episode(task, env, task.make_expert(env), base + i) for i in range(episodes)]
     seconds = time.perf_counter() - clock
+    data = expert
+    if noise > 0:
+        data = [
+            run_episode(task, env, task.make_expert(env), base + i, noise) for i in range(episodes)
+        ]
     rand = [
         run_episode(task, env, random_policy(env, base + episodes + i), base + episodes + i)
         for i in range(random_episodes)
@@ -85,14 +95,14 @@ def collect_task(
         raise RuntimeError(
             f"{name}: the expert ({scores['expert']}) does not beat random ({scores['random']})"
         )
-    kept = keep_episodes([e.ret for e in expert], scores, frac)
+    kept = keep_episodes([e.ret for e in data], scores, frac)
     if len(kept) < 2:
         raise RuntimeError(
             f"{name}: {len(kept)} of {episodes} expert episodes pass the filter; "
-            "collect more (episodes.<domain>)"
+            "collect more (episodes.<domain>) or lower control_noise"
         )
     n_val = max(1, round(val_fraction * len(kept)))
-    write_dataset(Path(out), task, [expert[i] for i in kept], env, scores)
+    write_dataset(Path(out), task, [data[i] for i in kept], env, scores)
     steps = sum(e.steps for e in expert)
     missions = (
         sorted({str(e.observations["mission"][0]) for e in expert})
@@ -103,6 +113,8 @@ def collect_task(
         "domain": task.domain,
         "scores": scores,
         "expert_returns": [e.ret for e in expert],
+        "noise": noise,
+        "dataset_returns": [e.ret for e in data],
         "random_returns": [e.ret for e in rand],
         "seeds": [base + i for i in kept],
         "split": {
@@ -147,6 +159,7 @@ def run(cfg: DictConfig, out: Path) -> dict:
             cfg.filter,
             cfg.val_fraction,
             str(out / "minari"),
+            cfg.control_noise if get_task(name).domain == "control" else 0.0,
         )
         for name in names
     ]

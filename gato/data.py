@@ -70,13 +70,27 @@ def _stack(values: list):
     return np.stack([np.asarray(v) for v in values])
 
 
-def run_episode(task: Task, env, policy: Policy, seed: int) -> Episode:
-    """One episode of `policy` in `env` from `reset(seed=seed)`, at most `task.max_steps` steps."""
+def run_episode(task: Task, env, policy: Policy, seed: int, noise: float = 0.0) -> Episode:
+    """One episode of `policy` in `env` from `reset(seed=seed)`, at most `task.max_steps` steps.
+
+    With `noise` > 0 (continuous actions only) the environment executes the policy's action plus
+    Gaussian noise of std `noise` × half the action range, clipped to the range, while the
+    episode records the policy's clean action: noise injection into the expert's rollouts
+    (DART, Laskey et al. 2017), so behaviour cloning sees states off the expert's path labelled
+    with the expert's correction."""
     obs, _ = env.reset(seed=seed)
     observations, actions, rewards = [obs], [], []
+    rng = np.random.default_rng(seed)
+    space = env.action_space
     for _ in range(task.max_steps):
         action = policy(obs)
-        obs, reward, terminated, truncated, _ = env.step(action)
+        executed = action
+        if noise > 0:
+            half = (space.high - space.low) / 2
+            executed = np.clip(
+                action + noise * half * rng.standard_normal(space.shape), space.low, space.high
+            ).astype(space.dtype)
+        obs, reward, terminated, truncated, _ = env.step(executed)
         observations.append(obs)
         actions.append(action)
         rewards.append(float(reward))
