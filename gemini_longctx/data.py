@@ -248,12 +248,14 @@ def retrieval_sample(
 
 
 def copy_sample(vocab_size: int, length: int, rng) -> np.ndarray:
-    """`length` tokens: a segment of uniformly random token ids, then the same segment again
-    (cut to `length`). Its second half is predictable only by copying from the first — the
-    task on which induction heads form (Olsson et al. 2022), the mechanism a needle is retrieved
-    by; a warm-up source for the retrieval curriculum."""
-    segment = rng.integers(0, vocab_size, size=(length + 1) // 2)
-    return np.concatenate([segment, segment])[:length].astype(np.int64)
+    """`length` tokens: a segment of uniformly random token ids (16 … length / 2 of them, drawn
+    per sample) repeated until `length`. After its first period the sequence is predictable
+    only by copying from one period back — the task on which induction heads form (Olsson et
+    al. 2022), the mechanism a needle is retrieved by. The period varies so that a head looking
+    back a fixed distance cannot solve it; a warm-up source for the retrieval curriculum."""
+    period = int(rng.integers(16, length // 2 + 1))
+    segment = rng.integers(0, vocab_size, size=period)
+    return np.tile(segment, -(-length // period))[:length].astype(np.int64)
 
 
 class Mixture:
