@@ -248,11 +248,12 @@ def retrieval_sample(
 
 
 def copy_sample(vocab_size: int, length: int, rng) -> np.ndarray:
-    """`length` tokens: a segment of uniformly random token ids (16 … length / 2 of them, drawn
-    per sample) repeated until `length`. After its first period the sequence is predictable
-    only by copying from one period back — the task on which induction heads form (Olsson et
-    al. 2022), the mechanism a needle is retrieved by. The period varies so that a head looking
-    back a fixed distance cannot solve it; a warm-up source for the retrieval curriculum."""
+    """`length` tokens: a segment of uniformly random token ids in [0, vocab_size) (16 …
+    length / 2 of them, drawn per sample) repeated until `length`. After its first period the
+    sequence is predictable only by copying from one period back — the task on which induction
+    heads form (Olsson et al. 2022), the mechanism a needle is retrieved by. The period varies
+    so that a head looking back a fixed distance cannot solve it; a warm-up source for the
+    retrieval curriculum."""
     period = int(rng.integers(16, length // 2 + 1))
     segment = rng.integers(0, vocab_size, size=period)
     return np.tile(segment, -(-length // period))[:length].astype(np.int64)
@@ -273,11 +274,13 @@ class Mixture:
         max_facts: int,
         seed: int,
         copy_fraction: float = 0.0,
+        copy_vocab: int | None = None,
     ):
         self.streams, self.tokenizer = streams, tokenizer
         self.code_weight = code_weight if "code" in streams else 0.0
         self.retrieval_fraction, self.max_facts = retrieval_fraction, max_facts
         self.copy_fraction = copy_fraction
+        self.copy_vocab = copy_vocab  # copy ids from [0, copy_vocab); None = the whole vocabulary
         self.rng = np.random.default_rng(seed)
 
     def _window(self, kind: str, length: int) -> np.ndarray:
@@ -291,7 +294,8 @@ class Mixture:
         for _ in range(batch_size):
             draw = self.rng.random()
             if draw < self.copy_fraction:
-                rows.append(copy_sample(self.tokenizer.vocab_size, seq_len + 1, self.rng))
+                vocab = self.copy_vocab or self.tokenizer.vocab_size
+                rows.append(copy_sample(vocab, seq_len + 1, self.rng))
             elif draw < self.copy_fraction + self.retrieval_fraction:
                 sample, _ = retrieval_sample(
                     self.streams["prose"], self.tokenizer, seq_len + 1, self.max_facts, self.rng

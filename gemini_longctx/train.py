@@ -44,6 +44,7 @@ from gemini_longctx.data import (
     SPLITS,
     BPETokenizer,
     Mixture,
+    copy_sample,
     load_corpus,
     retrieval_sample,
     split_documents,
@@ -78,6 +79,16 @@ def validate(cfg: DictConfig) -> None:
     for key in ("code_weight", "copy_fraction", "retrieval_fraction"):
         check_number(cfg.data, key, "data.", high=1.0, inclusive=True)
     check_number(cfg.data, "max_facts", "data.", integer=True)
+    if cfg.data.copy_vocab is not None:
+        check_number(
+            cfg.data,
+            "copy_vocab",
+            "data.",
+            integer=True,
+            low=1,
+            high=cfg.data.vocab_size,
+            inclusive=True,
+        )
     if not cfg.data.prose:
         fail("data.prose", list(cfg.data.prose), "at least one of essays, pydoc")
     for key in ("tokens_per_step", "warmup", "log_every", "eval_every", "eval_batches"):
@@ -105,6 +116,16 @@ def validate(cfg: DictConfig) -> None:
                 check_number(stage, key, f"stages[{i}].", high=1.0, inclusive=True)
         if "max_facts" in stage:
             check_number(stage, "max_facts", f"stages[{i}].", integer=True)
+        if stage.get("copy_vocab") is not None:
+            check_number(
+                stage,
+                "copy_vocab",
+                f"stages[{i}].",
+                integer=True,
+                low=1,
+                high=cfg.data.vocab_size,
+                inclusive=True,
+            )
         mix = stage_mixture(cfg, stage)
         if mix["copy_fraction"] + mix["retrieval_fraction"] > 1:
             fail(f"stages[{i}]", mix, "copy_fraction + retrieval_fraction <= 1")
@@ -117,7 +138,7 @@ def validate(cfg: DictConfig) -> None:
     check_choice(cfg.logging, "wandb_mode", "logging.", WANDB_MODES)
 
 
-MIXTURE_KEYS = ("copy_fraction", "retrieval_fraction", "max_facts")
+MIXTURE_KEYS = ("copy_fraction", "copy_vocab", "retrieval_fraction", "max_facts")
 STAGE_KEYS = ("seq_len", "steps", *MIXTURE_KEYS)
 
 
@@ -221,7 +242,8 @@ def validation_metrics(
 ) -> dict[str, float]:
     """On fixed draws from the validation split: next-token loss per kind, and the retrieval
     accuracy (every digit of the last answer the argmax, teacher-forced) of `eval_batches`
-    retrieval samples over validation prose."""
+    retrieval samples over validation prose, and when copy samples are trained the argmax
+    accuracy on the second half of `eval_batches` copy samples (chance 1 / copy_vocab)."""
     model.eval()
     rng = np.random.default_rng(cfg.seed)
     device = next(model.parameters()).device
@@ -249,6 +271,14 @@ def validation_metrics(
             correct += bool(right.all())  # the last question
         metrics["val_retrieval_acc"] = correct / batches
         metrics["val_retrieval_digit_acc"] = digits_right / digits  # every answer's digits
+    if any(stage_mixture(cfg, s)["copy_fraction"] > 0 for s in cfg.stages):
+        vocab = cfg.data.copy_vocab or tokenizer.vocab_size
+        samples = np.stack([copy_sample(vocab, seq_len + 1, rng) for _ in range(batches)])
+        tokens = torch.from_numpy(samples).to(device)
+        predicted = model(tokens[:, :-1]).logits.argmax(-1)
+        half = seq_len // 2  # every target from here on repeats one period back
+        right = predicted[:, half:] == tokens[:, half + 1 :]
+        metrics["val_copy_acc"] = float(right.float().mean())
     model.train()
     return metrics
 

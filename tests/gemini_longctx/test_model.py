@@ -140,6 +140,9 @@ def test_copy_sample_repeats_a_segment_of_varying_period_and_mixes_in(tokenizer)
     )
     for row in mix.batch(4, 256).numpy():
         assert _period(row) <= 128
+    mix.copy_vocab = 64  # a smaller id range: every id seen more often
+    rows = mix.batch(8, 256).numpy()
+    assert rows.max() < 64 and len(np.unique(rows)) > 32
 
 
 def test_retrieval_sample_layout(tokenizer):

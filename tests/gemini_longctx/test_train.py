@@ -46,6 +46,7 @@ def test_smoke_train_stages_and_resume_equals_uninterrupted(tmp_path):
     last = records[-1]
     for key in ("val_loss_prose", "val_loss_code", "val_retrieval_acc", "expert_load_max"):
         assert key in last
+    assert 0 <= last["val_copy_acc"] <= 1  # stage 2 trains copy samples
     assert len(last["expert_share"]) == 4 and abs(sum(last["expert_share"]) - 1) < 1e-3
     assert (full / "tokenizer.json").exists()
 
@@ -78,6 +79,9 @@ def test_smoke_train_stages_and_resume_equals_uninterrupted(tmp_path):
         ("stages=[{seq_len:256,steps:5,retrieval_fraction:2.0}]", "stages[0].retrieval_fraction"),
         ("stages=[{seq_len:256,steps:5,max_facts:0}]", "stages[0].max_facts"),
         ("stages=[{seq_len:256,steps:5,copy_fraction:0.5,retrieval_fraction:0.6}]", "stages[0]"),
+        ("data.copy_vocab=0", "data.copy_vocab"),
+        ("data.copy_vocab=5000", "data.copy_vocab"),
+        ("stages=[{seq_len:256,steps:5,copy_vocab:9999}]", "stages[0].copy_vocab"),
     ],
 )
 def test_bad_config_names_the_field(override, field):
@@ -94,6 +98,7 @@ def test_stage_mixture_overrides_the_data_defaults():
     validate(cfg)
     assert stage_mixture(cfg, cfg.stages[0]) == {
         "copy_fraction": cfg.data.copy_fraction,
+        "copy_vocab": cfg.data.copy_vocab,
         "retrieval_fraction": 1.0,
         "max_facts": 1,
     }
