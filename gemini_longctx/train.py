@@ -76,19 +76,8 @@ def validate(cfg: DictConfig) -> None:
         check_number(m, "capacity_factor", "model.")
     check_number(cfg.data, "vocab_size", "data.", integer=True, low=256)
     check_number(cfg.data, "code_bytes", "data.", integer=True, inclusive=True)
-    for key in ("code_weight", "copy_fraction", "retrieval_fraction"):
-        check_number(cfg.data, key, "data.", high=1.0, inclusive=True)
-    check_number(cfg.data, "max_facts", "data.", integer=True)
-    if cfg.data.copy_vocab is not None:
-        check_number(
-            cfg.data,
-            "copy_vocab",
-            "data.",
-            integer=True,
-            low=1,
-            high=cfg.data.vocab_size,
-            inclusive=True,
-        )
+    check_number(cfg.data, "code_weight", "data.", high=1.0, inclusive=True)
+    check_mixture_keys(cfg.data, "data.", cfg.data.vocab_size)
     if not cfg.data.prose:
         fail("data.prose", list(cfg.data.prose), "at least one of essays, pydoc")
     for key in ("tokens_per_step", "warmup", "log_every", "eval_every", "eval_batches"):
@@ -111,21 +100,7 @@ def validate(cfg: DictConfig) -> None:
         unknown = set(stage) - set(STAGE_KEYS)
         if unknown:
             fail(f"stages[{i}]", sorted(unknown)[0], f"a key among {STAGE_KEYS}")
-        for key in ("copy_fraction", "retrieval_fraction"):
-            if key in stage:
-                check_number(stage, key, f"stages[{i}].", high=1.0, inclusive=True)
-        if "max_facts" in stage:
-            check_number(stage, "max_facts", f"stages[{i}].", integer=True)
-        if stage.get("copy_vocab") is not None:
-            check_number(
-                stage,
-                "copy_vocab",
-                f"stages[{i}].",
-                integer=True,
-                low=1,
-                high=cfg.data.vocab_size,
-                inclusive=True,
-            )
+        check_mixture_keys(stage, f"stages[{i}].", cfg.data.vocab_size)
         mix = stage_mixture(cfg, stage)
         if mix["copy_fraction"] + mix["retrieval_fraction"] > 1:
             fail(f"stages[{i}]", mix, "copy_fraction + retrieval_fraction <= 1")
@@ -140,6 +115,20 @@ def validate(cfg: DictConfig) -> None:
 
 MIXTURE_KEYS = ("copy_fraction", "copy_vocab", "retrieval_fraction", "max_facts")
 STAGE_KEYS = ("seq_len", "steps", *MIXTURE_KEYS)
+
+
+def check_mixture_keys(node, prefix: str, vocab_size: int) -> None:
+    """The MIXTURE_KEYS that `node` (data, or a stage) sets: fractions in [0, 1], max_facts a
+    positive integer, copy_vocab null or an integer in [1, vocab_size]."""
+    for key in ("copy_fraction", "retrieval_fraction"):
+        if key in node:
+            check_number(node, key, prefix, high=1.0, inclusive=True)
+    if "max_facts" in node:
+        check_number(node, "max_facts", prefix, integer=True)
+    if node.get("copy_vocab") is not None:
+        check_number(
+            node, "copy_vocab", prefix, integer=True, low=1, high=vocab_size, inclusive=True
+        )
 
 
 def stage_mixture(cfg: DictConfig, stage) -> dict:
@@ -239,11 +228,13 @@ def validation_metrics(
     tokenizer: BPETokenizer,
     cfg: DictConfig,
     seq_len: int,
+    copy_vocab: int | None = None,
 ) -> dict[str, float]:
     """On fixed draws from the validation split: next-token loss per kind, and the retrieval
     accuracy (every digit of the last answer the argmax, teacher-forced) of `eval_batches`
     retrieval samples over validation prose, and when copy samples are trained the argmax
-    accuracy on the second half of `eval_batches` copy samples (chance 1 / copy_vocab)."""
+    accuracy on the second half of `eval_batches` copy samples over the current stage's
+    `copy_vocab` ids (chance 1 / copy_vocab)."""
     model.eval()
     rng = np.random.default_rng(cfg.seed)
     device = next(model.parameters()).device
@@ -272,7 +263,7 @@ def validation_metrics(
         metrics["val_retrieval_acc"] = correct / batches
         metrics["val_retrieval_digit_acc"] = digits_right / digits  # every answer's digits
     if any(stage_mixture(cfg, s)["copy_fraction"] > 0 for s in cfg.stages):
-        vocab = cfg.data.copy_vocab or tokenizer.vocab_size
+        vocab = copy_vocab or tokenizer.vocab_size
         samples = np.stack([copy_sample(vocab, seq_len + 1, rng) for _ in range(batches)])
         tokens = torch.from_numpy(samples).to(device)
         predicted = model(tokens[:, :-1]).logits.argmax(-1)
@@ -448,7 +439,11 @@ def _train(cfg: DictConfig, run_dir: Path, device, info: DistInfo, group) -> dic
                 record["expert_share"] = [round(float(s), 4) for s in share]
                 expert_counts = None
             if step % cfg.trainer.eval_every == 0 or step == total:
-                record.update(validation_metrics(net, streams["val"], tokenizer, cfg, seq_len))
+                record.update(
+                    validation_metrics(
+                        net, streams["val"], tokenizer, cfg, seq_len, mixture.copy_vocab
+                    )
+                )
             logger.log(step, record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", ctx=seq_len, tok_s=f"{tokens_per_s:.0f}")
             last = record
