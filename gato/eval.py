@@ -6,8 +6,10 @@ accuracy and examples on held-out images, acting speed with the KV cache vs reco
     python -m gato.eval run=runs/gato/<run> [experiment=small] [figures=true]
 
 Acting (§4.1): per timestep the observation tokens and the separator are fed, then the action
-tokens are decoded one at a time (greedy by default), restricted to the task's action ids
-(discrete: [0, num_actions); continuous: the 1,024 value bins), each fed back. When the context
+tokens are decoded one at a time, restricted to the task's action ids (discrete:
+[0, num_actions); continuous: the 1,024 value bins), each fed back. `decode`: the most likely
+token (greedy, the default), a sample (the paper's §2.2), or for continuous actions the mean of
+the predicted bin distribution (executed as is; its bin is fed back). When the context
 would overflow, the cache is rebuilt from the prompt and the most recent half of the timesteps.
 """
 
@@ -25,7 +27,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from common.config import check_number, fail
+from common.config import check_choice, check_number, fail
 from common.device import resolve_device
 from common.stats import summarize
 from gato.captions import SIZE, caption_set
@@ -51,9 +53,11 @@ from gato.tokenizer import (
     image_patches,
     offline_text,
     timestep_tokens,
+    tokenize_continuous,
 )
 from gato.train import load_model
 
+DECODE = ("greedy", "sample", "mean")  # how an action token is chosen (see `choose`)
 THRESHOLDS = np.linspace(0.0, 1.0, 21)  # x of the fraction-of-tasks-above-x curve
 
 
@@ -68,6 +72,7 @@ def validate(cfg: DictConfig) -> None:
     check_number(cfg, "text_windows", integer=True, low=0, inclusive=True)
     check_number(cfg, "speed_steps", integer=True, low=0, inclusive=True)
     check_number(cfg, "threads", integer=True)
+    check_choice(cfg, "decode", "", DECODE)
     if cfg.tasks is not None:
         for name in cfg.tasks:
             try:
@@ -186,19 +191,26 @@ def prompt_chunk(tokens: EpisodeTokens, n: int, context: int, fraction: float) -
 
 
 def choose(
-    logits: torch.Tensor, task: Task, vocab: Vocab, greedy: bool, gen: torch.Generator
-) -> torch.Tensor:
-    """An action token (n, 1) from the task's allowed ids only."""
-    if task.action_kind == "discrete":
-        allowed = range(task.num_actions)
-    else:
-        allowed = vocab.continuous
+    logits: torch.Tensor, task: Task, vocab: Vocab, decode: str, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An action token (n, 1) from the task's allowed ids only, and the action value (n,) it
+    stands for: the token itself (discrete), its bin centre, or with `decode="mean"` the
+    expected bin centre under the model's distribution (whose bin is the token)."""
+    continuous = task.action_kind == "continuous"
+    allowed = vocab.continuous if continuous else range(task.num_actions)
     sub = logits[:, allowed.start : allowed.stop].float()
-    if greedy:
-        idx = sub.argmax(-1, keepdim=True)
-    else:
+    if decode == "sample":
         idx = torch.multinomial(sub.softmax(-1), 1, generator=gen)
-    return idx + allowed.start
+    elif decode == "mean" and continuous:
+        centres = detokenize_continuous(torch.tensor(vocab.continuous), vocab, compand=False)
+        value = sub.softmax(-1) @ centres.to(sub.device)
+        return tokenize_continuous(value.cpu(), vocab, compand=False)[:, None], value.cpu()
+    else:
+        idx = sub.argmax(-1, keepdim=True)
+    token = idx + allowed.start
+    if not continuous:
+        return token, token[:, 0].cpu()
+    return token, detokenize_continuous(token[:, 0].cpu(), vocab, compand=False)
 
 
 @torch.no_grad()
@@ -212,7 +224,7 @@ def act(
     *,
     prompt_fraction: float,
     use_cache: bool = True,
-    greedy: bool = True,
+    decode: str = "greedy",
     max_steps: int | None = None,
 ) -> dict:
     """Episodes of `task` from `reset(seed)` for each seed, acted by the model in parallel (one
@@ -246,17 +258,17 @@ def act(
                 ctx.reset(keep=(net.cfg.context - p) // step_len // 2)
                 pending = None  # the kept timesteps are complete
             logits = ctx.feed(o if pending is None else Chunk.cat([pending, o]))
-            tokens = [choose(logits, task, vocab, greedy, gen)]
+            token, value = choose(logits, task, vocab, decode, gen)
+            tokens, chosen = [token], [value]
             for _ in range(task.action_tokens - 1):
-                logits = ctx.feed(action_chunk(tokens[-1]))
-                tokens.append(choose(logits, task, vocab, greedy, gen))
-            pending = action_chunk(tokens[-1])
-            ids = torch.cat(tokens, 1)
+                logits = ctx.feed(action_chunk(tokens[-1].to(logits.device)))
+                token, value = choose(logits, task, vocab, decode, gen)
+                tokens.append(token)
+                chosen.append(value)
+            pending = action_chunk(tokens[-1].to(logits.device))
+            ids = torch.cat(tokens, 1).to(logits.device)
             ctx.steps.append(Chunk.cat([o, action_chunk(ids)]))
-            if task.action_kind == "discrete":
-                values = ids.cpu().numpy()
-            else:
-                values = detokenize_continuous(ids.cpu(), vocab, compand=False).numpy()
+            values = torch.stack(chosen, 1).numpy()
             for j, env in enumerate(envs[i] for i in group):
                 if done[j]:
                     continue
@@ -351,7 +363,7 @@ def evaluate_tasks(net, cfg, dataset: Path, manifest, vocab, text, prompt: bool)
             text,
             demo,
             prompt_fraction=cfg.prompt_fraction,
-            greedy=cfg.greedy,
+            decode=cfg.decode,
         )
         norm = [normalized(r, meta["scores"]) for r in res["returns"]]
         out[name] = {

@@ -8,7 +8,7 @@ import torch
 
 from gato.collect import validate as validate_collect
 from gato.data import load_manifest, read_dataset, tokenize_episode
-from gato.eval import act, caption
+from gato.eval import act, caption, choose
 from gato.eval import validate as validate_eval
 from gato.model import Gato, GatoConfig
 from gato.tasks import get_task
@@ -64,11 +64,32 @@ def test_kv_cache_acting_equals_recompute(smoke_dataset, name, prompt):
         episode = read_dataset(smoke_dataset / "minari", task)[0]
         demo = tokenize_episode(task, episode, vocab, text)
     seeds = [7, 8, 9]
-    kw = dict(prompt_fraction=0.3, max_steps=12, greedy=False)
+    kw = dict(prompt_fraction=0.3, max_steps=12, decode="sample")
     cached = act(net, task, seeds, vocab, text, demo, use_cache=True, **kw)
     full = act(net, task, seeds, vocab, text, demo, use_cache=False, **kw)
     assert cached["returns"] == pytest.approx(full["returns"])
     assert cached["actions"] == full["actions"]
+
+
+@pytest.mark.parametrize("decode", ["greedy", "sample", "mean"])
+def test_choose_keeps_to_the_action_ids_and_returns_their_value(decode):
+    """Logits split evenly between the bins either side of 0 (511, 512) and large outside the
+    action ids: every mode picks one of the two bins; its value is that bin's centre, or with
+    `mean` the distribution's mean, 0, whose bin is 512."""
+    vocab = Vocab(1024)
+    task = get_task("control/InvertedPendulum-v5")
+    logits = torch.full((3, vocab.size), -30.0)
+    logits[:, : vocab.text_size] = 50.0  # text ids: never an action
+    logits[:, vocab.continuous.start + 511 : vocab.continuous.start + 513] = 5.0
+    gen = torch.Generator().manual_seed(0)
+    token, value = choose(logits, task, vocab, decode, gen)
+    assert token.shape == (3, 1) and value.shape == (3,)
+    bins = token[:, 0] - vocab.continuous.start
+    assert set(bins.tolist()) <= {511, 512}
+    if decode == "mean":
+        assert bins.tolist() == [512] * 3 and value.abs().max() < 1e-6
+    else:
+        assert value.tolist() == pytest.approx([(b - 511.5) / 512 for b in bins.tolist()])
 
 
 @pytest.mark.parametrize("favourite", ["eot", "a"])
@@ -115,6 +136,7 @@ def test_resume_continues_the_same_run(smoke_dataset, tmp_path):
         ("train", "mixture.text=-1", "mixture.text=-1 is not valid"),
         ("eval", "eval_episodes.control=0", "eval_episodes.control=0 is not valid"),
         ("eval", "tasks=[atari/Nope]", "tasks='atari/Nope' is not valid"),
+        ("eval", "decode=beam", "decode='beam' is not valid"),
     ],
 )
 def test_bad_config_names_the_field(smoke_dataset, tmp_path, name, override, message):
