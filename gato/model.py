@@ -23,6 +23,18 @@ from common.kernels.attention import KVCache, attention, decode_attention
 from gato.embedding import PatchEmbedding, TokenEmbedding
 from gato.tokenizer import Vocab
 
+BIN_INITS = ("normal", "fourier")
+FOURIER_FREQUENCY = 50.0  # std of the random frequencies: neighbouring bins within ~0.02 alike
+
+
+def fourier_rows(values: torch.Tensor, dim: int, std: float) -> torch.Tensor:
+    """Random Fourier features (Rahimi & Recht 2007) of scalar values (n,) → (n, dim), each
+    entry of standard deviation `std`: √2 · std · cos(ω v + φ), ω ~ N(0, FOURIER_FREQUENCY²),
+    φ ~ U[0, 2π), so that rows of close values are alike (kernel exp(−(ω_std Δv)² / 2))."""
+    omega = torch.randn(dim) * FOURIER_FREQUENCY
+    phase = torch.rand(dim) * 2 * math.pi
+    return math.sqrt(2.0) * std * torch.cos(values[:, None] * omega + phase)
+
 
 @dataclass
 class GatoConfig:
@@ -38,6 +50,7 @@ class GatoConfig:
     context: int = 1024
     dropout: float = 0.0
     patch_channels: int = 32
+    bin_init: str = "normal"  # "normal" | "fourier": the continuous-value rows (see `Gato`)
 
     @property
     def vocab(self) -> Vocab:
@@ -48,6 +61,8 @@ class GatoConfig:
         return self.dim // self.heads
 
     def __post_init__(self) -> None:
+        if self.bin_init not in BIN_INITS:
+            raise ValueError(f"bin_init={self.bin_init!r} is not valid: one of {BIN_INITS}")
         if self.dim % self.heads:
             raise ValueError(f"heads={self.heads} is not valid: a divisor of dim={self.dim}")
         if self.head_dim not in (32, 64, 128):
@@ -109,6 +124,13 @@ class Gato(nn.Module):
                     nn.init.zeros_(module.bias)
         nn.init.normal_(self.position.weight, std=0.02)
         self.head.weight = self.embed.token.weight  # tied input / output embedding (GPT-2)
+        if cfg.bin_init == "fourier":  # ours: the paper learns the 1,024 bin rows from scratch
+            bins = vocab.continuous
+            values = (torch.arange(len(bins)) + 0.5) * (2.0 / len(bins)) - 1.0
+            with torch.no_grad():
+                self.embed.token.weight[bins.start : bins.stop] = fourier_rows(
+                    values, cfg.dim, 0.02
+                )
         for block in self.blocks:  # GPT-2's scaled init of the residual projections
             nn.init.normal_(block.proj.weight, std=0.02 / math.sqrt(2 * cfg.layers))
             nn.init.normal_(block.mlp[2].weight, std=0.02 / math.sqrt(2 * cfg.layers))

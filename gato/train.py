@@ -47,7 +47,7 @@ from gato.data import (
     text_stream,
     tokenize_episode,
 )
-from gato.model import Gato, GatoConfig
+from gato.model import BIN_INITS, Gato, GatoConfig
 from gato.tasks import get_task
 from gato.tokenizer import PATCH, TextTokenizer, offline_text
 
@@ -64,6 +64,7 @@ def validate(cfg: DictConfig) -> None:
         fail("model.heads", m.heads, f"a divisor of model.dim={m.dim} giving head dim 32/64/128")
     if m.patch_channels % min(32, m.patch_channels):
         fail("model.patch_channels", m.patch_channels, "a multiple of 32, or at most 32")
+    check_choice(m, "bin_init", "model.", BIN_INITS)
     t = cfg.trainer
     for key in (
         "steps",

@@ -133,6 +133,7 @@ def test_resume_continues_the_same_run(smoke_dataset, tmp_path):
         ("train", "trainer.lr=abc", "trainer.lr='abc' is not valid"),
         ("train", "model.heads=3", "model.heads=3 is not valid"),
         ("train", "trainer.parallel=zero", "trainer.parallel='zero' is not valid"),
+        ("train", "model.bin_init=smooth", "model.bin_init='smooth' is not valid"),
         ("train", "mixture.text=-1", "mixture.text=-1 is not valid"),
         ("eval", "eval_episodes.control=0", "eval_episodes.control=0 is not valid"),
         ("eval", "tasks=[atari/Nope]", "tasks='atari/Nope' is not valid"),

@@ -163,3 +163,21 @@ def test_dataset_round_trip(tmp_path):
         assert a.ret == pytest.approx(b.ret)
         np.testing.assert_allclose(a.observations, b.observations)
         np.testing.assert_allclose(a.actions, b.actions)
+
+
+def test_fourier_bin_init_makes_neighbouring_bins_alike():
+    """`bin_init=fourier`: continuous-value rows of adjacent bins are almost parallel and rows
+    far apart are not, each entry of std ≈ 0.02 as the normal init; other rows unchanged."""
+    torch.manual_seed(0)
+    normal = Gato(GatoConfig(**TINY)).embed.token.weight
+    torch.manual_seed(0)
+    model = Gato(GatoConfig(**TINY, bin_init="fourier"))
+    rows = model.embed.token.weight
+    bins = model.cfg.vocab.continuous
+    cont = torch.nn.functional.normalize(rows[bins.start : bins.stop], dim=-1)
+    assert (cont[:-1] * cont[1:]).sum(-1).mean() > 0.95
+    assert (cont[:512] * cont[512:]).sum(-1).abs().mean() < 0.3
+    assert 0.015 < rows[bins.start : bins.stop].std() < 0.025
+    assert torch.equal(rows[: bins.start], normal[: bins.start])
+    with pytest.raises(ValueError, match="bin_init='smooth' is not valid"):
+        GatoConfig(bin_init="smooth")
