@@ -104,6 +104,16 @@ def validate(cfg: DictConfig) -> None:
         mix = stage_mixture(cfg, stage)
         if mix["copy_fraction"] + mix["retrieval_fraction"] > 1:
             fail(f"stages[{i}]", mix, "copy_fraction + retrieval_fraction <= 1")
+        if "copy_softmax" in stage:
+            check_choice(stage, "copy_softmax", f"stages[{i}].", COPY_SOFTMAX)
+            if stage.copy_softmax == "copy_ids" and (
+                mix["copy_fraction"] != 1 or mix["copy_vocab"] is None
+            ):
+                fail(
+                    f"stages[{i}].copy_softmax",
+                    stage.copy_softmax,
+                    "copy_ids only in a copy-only stage (copy_fraction 1.0) with a copy_vocab",
+                )
         if mix["retrieval_fraction"] > 0 and stage.seq_len < 256:
             fail(
                 f"stages[{i}].seq_len", stage.seq_len, ">= 256 when the stage has retrieval samples"
@@ -114,7 +124,10 @@ def validate(cfg: DictConfig) -> None:
 
 
 MIXTURE_KEYS = ("copy_fraction", "copy_vocab", "retrieval_fraction", "max_facts")
-STAGE_KEYS = ("seq_len", "steps", *MIXTURE_KEYS)
+# A stage's copy_softmax: "full" (the default) or "copy_ids": the loss is a softmax over the copy
+# ids only (a copy-only warm-up stage, see copy_vocab_of)
+COPY_SOFTMAX = ("full", "copy_ids")
+STAGE_KEYS = ("seq_len", "steps", "copy_softmax", *MIXTURE_KEYS)
 
 
 def check_mixture_keys(node, prefix: str, vocab_size: int) -> None:
@@ -129,6 +142,17 @@ def check_mixture_keys(node, prefix: str, vocab_size: int) -> None:
         check_number(
             node, "copy_vocab", prefix, integer=True, low=1, high=vocab_size, inclusive=True
         )
+
+
+def softmax_vocab(cfg: DictConfig, stage) -> int | None:
+    """The number of ids the stage's loss normalises over: its copy_vocab when copy_softmax is
+    "copy_ids", else None (the whole vocabulary). A copy warm-up over a few ids is slow to form
+    induction heads when the softmax also spans the thousands of ids it never sees (the model
+    must first push them all down); over the copy ids alone copying forms within a few hundred
+    steps and then carries over to the whole vocabulary (README, copy warm-up)."""
+    if stage.get("copy_softmax", "full") == "copy_ids":
+        return stage_mixture(cfg, stage)["copy_vocab"]
+    return None
 
 
 def stage_mixture(cfg: DictConfig, stage) -> dict:
@@ -195,11 +219,12 @@ def stage_at(stages: list[dict], step: int) -> int:
 
 
 def lm_loss(
-    model: LongContextLM, tokens: torch.Tensor, group=None
+    model: LongContextLM, tokens: torch.Tensor, group=None, vocab: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Next-token cross-entropy of tokens (B, T + 1), plus the MoE auxiliary losses. With a
     process `group` (context parallelism) this rank computes its contiguous chunk of the T
-    positions; the mean of the ranks' losses is the full sequence's loss."""
+    positions; the mean of the ranks' losses is the full sequence's loss. `vocab`: the softmax
+    over ids [0, vocab) only (every target must lie there)."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     start = 0
     if group is not None:
@@ -208,7 +233,8 @@ def lm_loss(
         start = rank * chunk
         inputs, targets = (t[:, start : start + chunk] for t in (inputs, targets))
     out = model(inputs, start=start, group=group)
-    ce = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten())
+    logits = out.logits if vocab is None else out.logits[..., :vocab]
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
     return ce, out.aux_loss, out.tokens_per_expert
 
 
@@ -397,7 +423,7 @@ def _train(cfg: DictConfig, run_dir: Path, device, info: DistInfo, group) -> dic
             tokens = tokens[info.rank :: info.world_size]
         tokens = tokens.to(device)
         t0 = time.perf_counter()
-        ce, aux, per_expert = lm_loss(model, tokens, group)
+        ce, aux, per_expert = lm_loss(model, tokens, group, softmax_vocab(cfg, stage))
         optimizer.zero_grad(set_to_none=True)
         (ce + aux).backward()
         if group is not None:

@@ -18,6 +18,7 @@ from gemini_longctx.train import (
     MIXTURE_KEYS,
     average_gradients,
     lm_loss,
+    softmax_vocab,
     stage_at,
     stage_mixture,
     validate,
@@ -82,6 +83,13 @@ def test_smoke_train_stages_and_resume_equals_uninterrupted(tmp_path):
         ("data.copy_vocab=0", "data.copy_vocab"),
         ("data.copy_vocab=5000", "data.copy_vocab"),
         ("stages=[{seq_len:256,steps:5,copy_vocab:9999}]", "stages[0].copy_vocab"),
+        ("stages=[{seq_len:256,steps:5,copy_softmax:partial}]", "stages[0].copy_softmax"),
+        ("stages=[{seq_len:256,steps:5,copy_softmax:copy_ids}]", "stages[0].copy_softmax"),
+        (
+            "stages=[{seq_len:256,steps:5,copy_fraction:1.0,retrieval_fraction:0.0,"
+            "copy_softmax:copy_ids}]",  # data.copy_vocab is null: no copy ids to restrict to
+            "stages[0].copy_softmax",
+        ),
     ],
 )
 def test_bad_config_names_the_field(override, field):
@@ -103,6 +111,31 @@ def test_stage_mixture_overrides_the_data_defaults():
         "max_facts": 1,
     }
     assert stage_mixture(cfg, cfg.stages[1]) == {k: cfg.data[k] for k in MIXTURE_KEYS}
+
+
+def test_copy_ids_softmax_normalises_over_the_copy_ids_only():
+    """A copy_softmax=copy_ids stage's loss is the cross-entropy of the logits of ids
+    [0, copy_vocab) alone; a full stage's spans the whole vocabulary."""
+    cfg = _compose(
+        [
+            "data.copy_vocab=8",
+            "stages=[{seq_len:256,steps:5,copy_fraction:1.0,retrieval_fraction:0.0,"
+            "copy_softmax:copy_ids},{seq_len:256,steps:5}]",
+        ]
+    )
+    validate(cfg)
+    assert [softmax_vocab(cfg, s) for s in cfg.stages] == [8, None]
+    torch.manual_seed(0)
+    model = LongContextLM(tiny_config(vocab_size=61, aux_loss_coef=0.0, z_loss_coef=0.0))
+    tokens = torch.randint(0, 8, (2, 17))
+    logits = model(tokens[:, :-1]).logits
+    restricted, _, _ = lm_loss(model, tokens, vocab=8)
+    full, _, _ = lm_loss(model, tokens)
+    expected = torch.nn.functional.cross_entropy(
+        logits[..., :8].flatten(0, 1), tokens[:, 1:].flatten()
+    )
+    torch.testing.assert_close(restricted, expected)
+    assert restricted < full  # fewer ids share the probability
 
 
 def test_unknown_prose_source_fails_before_work(tmp_path):
