@@ -195,12 +195,15 @@ _OBJECTS = (
     "door lamp river bridge tower garden engine window anchor basket candle mirror rocket "
     "violin compass ladder lantern harbor kettle meadow"
 ).split()
+# what a fact names: drawn per fact, so that retrieval keys on the whole name before "is:",
+# not on one fixed word; "number" (the needle's) is left out
+_ATTRIBUTES = "code pin password key id passcode serial combination ticket account".split()
 _FACTS = (
-    "The {key} code is: {value}.",
-    "Remember this: the {key} code is: {value}.",
-    "Note that the {key} code is: {value}.",
+    "The {key} is: {value}.",
+    "Remember this: the {key} is: {value}.",
+    "Note that the {key} is: {value}.",
 )
-_QUESTION = "\n\nQuestion: What is the {key} code?\nAnswer: The {key} code is: {value}."
+_QUESTION = "\n\nQuestion: What is the {key}?\nAnswer: The {key} is: {value}."
 
 
 def retrieval_sample(
@@ -214,7 +217,8 @@ def retrieval_sample(
     keys = rng.choice(len(_COLOURS) * len(_OBJECTS), size=n, replace=False)
     facts = []
     for k in keys:
-        key = f"{_COLOURS[k // len(_OBJECTS)]} {_OBJECTS[k % len(_OBJECTS)]}"
+        attribute = _ATTRIBUTES[rng.integers(len(_ATTRIBUTES))]
+        key = f"{_COLOURS[k // len(_OBJECTS)]} {_OBJECTS[k % len(_OBJECTS)]} {attribute}"
         value = "".join(str(d) for d in rng.integers(0, 10, size=int(rng.integers(4, 8))))
         facts.append((key, value))
     fact_ids = [

@@ -155,7 +155,7 @@ def test_retrieval_sample_layout(tokenizer):
         for start, stop in answers:
             value = tokenizer.decode(sample[start:stop].tolist())
             assert value.isdigit() and 4 <= len(value) <= 7
-            assert text.count(f"code is: {value}.") == 2  # the fact and the answer
-        assert text.endswith(f"code is: {tokenizer.decode(sample[start:stop].tolist())}.")
+            assert text.count(f" is: {value}.") == 2  # the fact and the answer
+        assert text.endswith(f" is: {tokenizer.decode(sample[start:stop].tolist())}.")
     with pytest.raises(ValueError, match="too short"):
         retrieval_sample(stream, tokenizer, 40, 4, rng)
