@@ -125,7 +125,7 @@ def validate(cfg: DictConfig) -> None:
 
 MIXTURE_KEYS = ("copy_fraction", "copy_vocab", "retrieval_fraction", "max_facts")
 # A stage's copy_softmax: "full" (the default) or "copy_ids": the loss is a softmax over the copy
-# ids only (a copy-only warm-up stage, see copy_vocab_of)
+# ids only (a copy-only warm-up stage, see softmax_vocab)
 COPY_SOFTMAX = ("full", "copy_ids")
 STAGE_KEYS = ("seq_len", "steps", "copy_softmax", *MIXTURE_KEYS)
 
