@@ -219,7 +219,7 @@ def retrieval_sample(
     for k in keys:
         attribute = _ATTRIBUTES[rng.integers(len(_ATTRIBUTES))]
         key = f"{_COLOURS[k // len(_OBJECTS)]} {_OBJECTS[k % len(_OBJECTS)]} {attribute}"
-        value = "".join(str(d) for d in rng.integers(0, 10, size=int(rng.integers(4, 8))))
+        value = "".join(str(d) for d in rng.integers(0, 10, size=int(rng.integers(5, 9))))
         facts.append((key, value))
     fact_ids = [
         tokenizer.encode(" " + _FACTS[rng.integers(len(_FACTS))].format(key=k, value=v) + " ")

@@ -154,7 +154,7 @@ def test_retrieval_sample_layout(tokenizer):
         text = tokenizer.decode(sample.tolist())
         for start, stop in answers:
             value = tokenizer.decode(sample[start:stop].tolist())
-            assert value.isdigit() and 4 <= len(value) <= 7
+            assert value.isdigit() and 5 <= len(value) <= 8
             assert text.count(f" is: {value}.") == 2  # the fact and the answer
         assert text.endswith(f" is: {tokenizer.decode(sample[start:stop].tolist())}.")
     with pytest.raises(ValueError, match="too short"):
