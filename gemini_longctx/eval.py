@@ -18,6 +18,7 @@ import json
 import multiprocessing as mp
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import hydra
@@ -200,16 +201,25 @@ def task_niah(cfg, lm, tokenizer, docs, out: Path) -> list[str]:
         },
     )
     limit = lm.trained_context
-    rows = [
-        f"| {n}{' (beyond training)' if limit and n > limit else ''} | "
-        f"{100 * result.accuracy[:, j].mean():.1f}% | {100 * result.accuracy[:, j].min():.0f}% |"
-        for j, n in enumerate(lengths)
-    ]
+    rows = []
+    for j, n in enumerate(lengths):
+        kinds = Counter(
+            harness.classify_answer(t.answer, t.number) for t in result.trials if t.length == n
+        )
+        rows.append(
+            f"| {n}{' (beyond training)' if limit and n > limit else ''} | "
+            f"{100 * result.accuracy[:, j].mean():.1f}% | "
+            f"{100 * result.accuracy[:, j].min():.0f}% | "
+            + " | ".join(str(kinds[k]) for k in harness.ANSWER_KINDS[1:])
+            + " |"
+        )
     return [
         f"### Needle in a haystack ({cfg.split} essays and cities, {cfg.depths} depths × "
         f"{cfg.trials} trial(s) per cell)",
-        "| length (tokens) | accuracy (all depths) | worst depth |",
-        "|---|---|---|",
+        "| length (tokens) | accuracy (all depths) | worst depth | wrong: "
+        + " | ".join(harness.ANSWER_KINDS[1:])
+        + " |",
+        "|---|---|---|" + "---|" * (len(harness.ANSWER_KINDS) - 1),
         *rows,
     ]
 

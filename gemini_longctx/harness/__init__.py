@@ -20,12 +20,14 @@ from gemini_longctx.harness.lm import (
 )
 from gemini_longctx.harness.mrcr import MRCRResult, MRCRTrial, mrcr, ordinal
 from gemini_longctx.harness.niah import (
+    ANSWER_KINDS,
     NEEDLE,
     QUESTION,
     MultiNeedleResult,
     NeedlePrompt,
     NeedleResult,
     NeedleTrial,
+    classify_answer,
     insert_needles,
     multi_needle,
     needle_in_haystack,
@@ -36,6 +38,7 @@ from gemini_longctx.harness.nll import PowerLaw, cumulative_average, fit_power_l
 from gemini_longctx.harness.plots import plot_needle_heatmap, plot_nll_by_position
 
 __all__ = [
+    "ANSWER_KINDS",
     "LM",
     "NEEDLE",
     "QUESTION",
@@ -52,6 +55,7 @@ __all__ = [
     "Session",
     "Tokenizer",
     "check_context",
+    "classify_answer",
     "cumulative_average",
     "fit_power_law",
     "greedy",

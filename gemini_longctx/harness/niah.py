@@ -35,6 +35,24 @@ def score_answer(answer: str, number: str) -> bool:
     return digits is not None and digits.group() == number
 
 
+ANSWER_KINDS = ("correct", "wrong digits", "too short", "too long", "no number")
+
+
+def classify_answer(answer: str, number: str) -> str:
+    """Which of ANSWER_KINDS an answer is, judged on its first run of digits as `score_answer`
+    does: exact, the needle's length with other digits, shorter or longer (a dropped or repeated
+    digit), or no digits at all (the model went on with the haystack)."""
+    digits = re.search(r"\d+", answer)
+    if digits is None:
+        return "no number"
+    found = digits.group()
+    if found == number:
+        return "correct"
+    if len(found) == len(number):
+        return "wrong digits"
+    return "too short" if len(found) < len(number) else "too long"
+
+
 def insert_needles(
     haystack: Sequence[int], needles: Sequence[Sequence[int]], depths: Sequence[float]
 ) -> tuple[list[int], list[int]]:

@@ -19,9 +19,11 @@ import torch
 from scipy.optimize import curve_fit
 
 from gemini_longctx.harness import (
+    ANSWER_KINDS,
     NEEDLE,
     QUESTION,
     FullForwardLM,
+    classify_answer,
     cumulative_average,
     fit_power_law,
     greedy,
@@ -205,6 +207,20 @@ def test_score_answer_is_exact_match() -> None:
     assert not score_answer(" 48219370", "4821937")
     assert not score_answer(" none", "4821937")
     assert not score_answer("", "4821937")
+
+
+def test_classify_answer_names_how_an_answer_is_wrong() -> None:
+    assert classify_answer(" 4821937.", "4821937") == "correct"
+    assert classify_answer(" 4821938.", "4821937") == "wrong digits"
+    assert classify_answer(" 482197.\n\nQue", "4821937") == "too short"
+    assert classify_answer(" 48219370", "4821937") == "too long"
+    assert classify_answer("\n\n   a f", "4821937") == "no number"
+    assert ANSWER_KINDS[0] == "correct"
+    answers = [" 4821937", " 1", " 1234567", " 123456789", " x"]
+    assert {classify_answer(a, "4821937") for a in answers} == set(ANSWER_KINDS)
+    assert all(
+        score_answer(a, "4821937") == (classify_answer(a, "4821937") == "correct") for a in answers
+    )
 
 
 @pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
