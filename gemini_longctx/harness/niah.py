@@ -29,19 +29,13 @@ def random_number(rng: np.random.Generator) -> str:
     return str(rng.integers(10**6, 10**7))
 
 
-def score_answer(answer: str, number: str) -> bool:
-    """Binary exact match: the first run of digits in `answer` is `number`."""
-    digits = re.search(r"\d+", answer)
-    return digits is not None and digits.group() == number
-
-
 ANSWER_KINDS = ("correct", "wrong digits", "too short", "too long", "no number")
 
 
 def classify_answer(answer: str, number: str) -> str:
-    """Which of ANSWER_KINDS an answer is, judged on its first run of digits as `score_answer`
-    does: exact, the needle's length with other digits, shorter or longer (a dropped or repeated
-    digit), or no digits at all (the model went on with the haystack)."""
+    """Which of ANSWER_KINDS an answer is, judged on its first run of digits: exact, the
+    needle's length with other digits, shorter or longer (a dropped or repeated digit), or no
+    digits at all (the model went on with the haystack)."""
     digits = re.search(r"\d+", answer)
     if digits is None:
         return "no number"
@@ -51,6 +45,11 @@ def classify_answer(answer: str, number: str) -> str:
     if len(found) == len(number):
         return "wrong digits"
     return "too short" if len(found) < len(number) else "too long"
+
+
+def score_answer(answer: str, number: str) -> bool:
+    """Binary exact match: the first run of digits in `answer` is `number`."""
+    return classify_answer(answer, number) == "correct"
 
 
 def insert_needles(
